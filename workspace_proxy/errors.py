@@ -1,0 +1,95 @@
+"""The few exception types of workspace-proxy.
+
+Hierarchy::
+
+    ConfigError                 the YAML config is invalid; carries every problem found
+    ProxyError                  an answer the caller gets, Looker-shaped (status + public message)
+    ├── NotFound                404: unknown route, bad login credentials
+    ├── Unauthenticated         401: missing, invalid or expired proxy token
+    ├── Forbidden               403: a call that would break the workspace pin
+    ├── BadRequest              400 / 413 / 422: malformed request from the caller
+    ├── TooManyRequests         429: the team's concurrency limit is reached
+    └── SessionUnavailable      503: no verified pinned Looker session can be had
+        ├── LoginFailed         Looker refused or failed the login
+        └── PinFailed           PATCH /session failed or did not verify
+
+Public messages never contain secrets or exception text from libraries; details go to the log.
+"""
+
+from __future__ import annotations
+
+
+class ConfigError(Exception):
+    """The configuration is invalid. ``problems`` lists every error as ``path: message``."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class ProxyError(Exception):
+    """An error answered to the caller as a Looker-shaped JSON body."""
+
+    status = 500
+    public_message = "Internal proxy error."
+
+    def __init__(self, public_message: str | None = None, *, headers: dict[str, str] | None = None):
+        if public_message is not None:
+            self.public_message = public_message
+        self.headers = headers or {}
+        super().__init__(self.public_message)
+
+
+class NotFound(ProxyError):
+    status = 404
+    public_message = "Not found"
+
+
+class Unauthenticated(ProxyError):
+    status = 401
+    public_message = "Requires authentication."
+
+
+class Forbidden(ProxyError):
+    status = 403
+    public_message = "Forbidden by workspace-proxy policy."
+
+
+class BadRequest(ProxyError):
+    status = 400
+    public_message = "Bad request."
+
+    def __init__(self, public_message: str | None = None, *, status: int = 400) -> None:
+        super().__init__(public_message)
+        self.status = status
+
+
+class TooManyRequests(ProxyError):
+    status = 429
+    public_message = "Too many concurrent requests for this team."
+
+
+class SessionUnavailable(ProxyError):
+    """No verified, pinned Looker session is available; nothing was forwarded."""
+
+    status = 503
+    public_message = "No Looker session pinned to the team's workspace is available."
+
+    def __init__(self, reason: str, *, retry_after: float, kind: str = "unavailable") -> None:
+        self.reason = reason
+        self.kind = kind
+        self.retry_after = retry_after
+        seconds = max(1, round(retry_after))
+        super().__init__(
+            f"workspace-proxy could not obtain a Looker session pinned to the team's "
+            f"workspace: {reason}. Nothing was forwarded; retry later.",
+            headers={"Retry-After": str(seconds)},
+        )
+
+
+class LoginFailed(SessionUnavailable):
+    """Looker refused or failed ``POST /login`` for the team."""
+
+
+class PinFailed(SessionUnavailable):
+    """``PATCH /session`` failed, or the session did not verify as pinned."""
