@@ -1,0 +1,75 @@
+"""Shared fixtures: a real Looker emulator on a real socket."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from harness import ENV, Proxy, raw_config
+from pytest_aiohttp import AiohttpClient, AiohttpServer
+
+from workspace_proxy.app import create_app
+from workspace_proxy.config import parse_config
+from workspace_proxy.emulator import LookerEmulator
+
+# --- emulator fixtures ---
+MakeLooker = Callable[..., Awaitable[LookerEmulator]]
+
+
+@pytest.fixture(name="make_looker")
+def _make_looker(aiohttp_server: AiohttpServer) -> MakeLooker:
+    """Factory: `await make_looker(token_ttl=..., users=..., clock=...)` serves a new emulator.
+
+    The result has `base_url` ("http://127.0.0.1:<port>", no trailing slash) and `server` set;
+    servers stop at teardown."""
+
+    async def make(**kwargs: Any) -> LookerEmulator:
+        emu = LookerEmulator(**kwargs)
+        emu.server = await aiohttp_server(emu.app)
+        emu.base_url = str(emu.server.make_url("/")).rstrip("/")
+        return emu
+
+    return make
+
+
+@pytest.fixture(name="looker")
+async def _looker(make_looker: MakeLooker) -> LookerEmulator:
+    """A served `LookerEmulator()` with the default users; see `make_looker`."""
+    return await make_looker()
+
+
+# --- end emulator fixtures ---
+
+
+# --- proxy fixtures ---
+MakeProxy = Callable[..., Awaitable[Proxy]]
+
+
+@pytest.fixture(name="make_proxy")
+def _make_proxy(aiohttp_client: AiohttpClient) -> MakeProxy:
+    """Factory: `await make_proxy(looker, clock=..., env_overrides=..., **config_keys)`.
+
+    Serves the real proxy app, configured for the emulator's users (see harness.TEAMS), on a
+    real socket; returns a `harness.Proxy`."""
+
+    async def make(
+        looker: LookerEmulator,
+        *,
+        clock: Callable[[], float] | None = None,
+        env_overrides: dict[str, str] | None = None,
+        teams: tuple[str, ...] = ("analytics", "finance"),
+        **overrides: Any,
+    ) -> Proxy:
+        raw = raw_config(looker.base_url, teams=teams, **overrides)
+        config = parse_config(raw, env={**ENV, **(env_overrides or {})})
+        app = create_app(config, clock=clock) if clock is not None else create_app(config)
+        return Proxy(await aiohttp_client(app), config)
+
+    return make
+
+
+@pytest.fixture(name="proxy")
+async def _proxy(looker: LookerEmulator, make_proxy: MakeProxy) -> Proxy:
+    """The proxy in front of `looker`, with teams analytics (dev) and finance (production)."""
+    return await make_proxy(looker)

@@ -1,0 +1,244 @@
+"""Shared test helpers: configs for the emulator's users, a proxy client, audit assertions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from aiohttp.test_utils import TestClient
+from yarl import URL
+
+from workspace_proxy.config import Config, parse_config
+from workspace_proxy.emulator import AuditEntry, LookerEmulator
+
+# team -> (workspace, emulator user id, Looker client id, Looker client secret)
+TEAMS: dict[str, tuple[str, str]] = {
+    "analytics": ("dev", "2"),
+    "finance": ("production", "3"),
+    "marketing": ("dev", "4"),
+}
+SIGNING_KEY = "test-signing-key-0123456789abcdef-0123456789"
+ENV: dict[str, str] = {"WP_SIGNING_KEY": SIGNING_KEY}
+for _team in TEAMS:
+    ENV[f"{_team.upper()}_LOOKER_ID"] = f"{_team}-client-id"
+    ENV[f"{_team.upper()}_LOOKER_SECRET"] = f"{_team}-client-secret"
+    ENV[f"{_team.upper()}_CALLER_SECRET"] = f"{_team}-caller-secret"
+
+PIN_PATHS = ("/login", "/session", "/logout")
+
+
+def raw_config(
+    looker_url: str, *, teams: Iterable[str] = ("analytics", "finance"), **overrides: Any
+) -> dict[str, Any]:
+    """A config document for the emulator's users; ``overrides`` replace top-level keys."""
+    raw: dict[str, Any] = {
+        "looker": {
+            "base_url": looker_url,
+            "retry": {"initial_backoff_s": 0.01, "max_backoff_s": 0.05, "deadline_s": 1.0},
+            "timeouts": {"connect_s": 2, "read_s": 30, "session_s": 5},
+        },
+        "token_signing_key": {"env": "WP_SIGNING_KEY"},
+        "listen": {"host": "127.0.0.1", "port": 0},
+        "teams": {
+            team: {
+                "workspace": TEAMS[team][0],
+                "looker_client_id": {"env": f"{team.upper()}_LOOKER_ID"},
+                "looker_client_secret": {"env": f"{team.upper()}_LOOKER_SECRET"},
+                "callers": [
+                    {
+                        "client_id": f"{team}-caller",
+                        "client_secret": {"env": f"{team.upper()}_CALLER_SECRET"},
+                    }
+                ],
+            }
+            for team in teams
+        },
+    }
+    raw.update(overrides)
+    return raw
+
+
+def build_config(looker_url: str, **kwargs: Any) -> Config:
+    return parse_config(raw_config(looker_url, **kwargs), env=ENV)
+
+
+@dataclass
+class Proxy:
+    """A running proxy app under the aiohttp test client."""
+
+    client: TestClient[Any, Any]
+    config: Config
+
+    @property
+    def base_url(self) -> str:
+        return str(self.client.make_url("")).rstrip("/")
+
+    async def login(self, team: str) -> str:
+        resp = await self.client.post(
+            "/api/4.0/login",
+            data={"client_id": f"{team}-caller", "client_secret": f"{team}-caller-secret"},
+        )
+        assert resp.status == 200, await resp.text()
+        body = await resp.json()
+        return str(body["access_token"])
+
+    async def call(
+        self, method: str, path: str, token: str, **kwargs: Any
+    ) -> aiohttp.ClientResponse:
+        headers = {"Authorization": f"token {token}", **kwargs.pop("headers", {})}
+        url = URL(self.base_url + path, encoded=True)  # keeps `//api/...` as SDKs send it
+        return await self.client.session.request(method, url, headers=headers, **kwargs)
+
+    async def get_json(self, path: str, token: str) -> Any:
+        resp = await self.call("GET", path, token)
+        text = await resp.text()
+        assert resp.status == 200, text
+        return json.loads(text)
+
+
+def team_of(user_id: str | None) -> str | None:
+    return next((t for t, (_, uid) in TEAMS.items() if uid == user_id), None)
+
+
+def is_pin_call(entry: AuditEntry) -> bool:
+    """The proxy's own session management calls (login, PATCH /session, logout of orphans)."""
+    return entry.path.endswith("/login") or (
+        entry.method in ("PATCH", "DELETE") and entry.path.endswith(PIN_PATHS)
+    )
+
+
+def forwarded(looker: LookerEmulator) -> list[AuditEntry]:
+    """Audit entries of calls made under a team session (everything but session management)."""
+    return [e for e in looker.audit if e.user_id is not None and not is_pin_call(e)]
+
+
+def assert_every_call_pinned(looker: LookerEmulator) -> int:
+    """Every forwarded call ran in its team's workspace; returns how many were checked."""
+    calls = forwarded(looker)
+    for entry in calls:
+        team = team_of(entry.user_id)
+        assert team is not None, entry
+        assert entry.workspace == TEAMS[team][0], f"call ran in the wrong workspace: {entry}"
+    return len(calls)
+
+
+def assert_pin_before_use(looker: LookerEmulator) -> None:
+    """Each token's first authenticated use is the PATCH that pins it."""
+    first: dict[str, AuditEntry] = {}
+    for entry in looker.audit:
+        if entry.token_fingerprint is not None:
+            first.setdefault(entry.token_fingerprint, entry)
+    for fp, entry in first.items():
+        assert (entry.method, entry.path.rsplit("/", 1)[-1]) == ("PATCH", "session"), (fp, entry)
+
+
+class ProxyProcess:
+    """``workspace-proxy serve`` as a real child process; its JSON log lines are kept."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, port: int, admin_port: int) -> None:
+        self.proc = proc
+        self.port = port
+        self.admin_port = admin_port
+        self.lines: list[str] = []
+        self._reader: asyncio.Task[None] | None = None
+        self._new_line = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.lines]
+
+    def rss_bytes(self) -> int:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        kb = next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))
+        return int(kb) * 1024
+
+    @classmethod
+    async def start(cls, config: dict[str, Any], tmp_path: Path, *args: str) -> ProxyProcess:
+        path = tmp_path / "proxy.yaml"
+        path.write_text(yaml.safe_dump(config))
+        port, admin_port = free_port(), free_port()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "workspace_proxy", "serve", "-c", str(path),
+            "--port", str(port), "--admin-port", str(admin_port), *args,
+            env={**os.environ, **ENV},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        self = cls(proc, port, admin_port)
+        listening = asyncio.get_running_loop().create_future()
+        self._reader = asyncio.get_running_loop().create_task(self._read(listening))
+        await asyncio.wait_for(listening, 20)
+        return self
+
+    async def _read(self, listening: asyncio.Future[None]) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            line = raw.decode().rstrip("\n")
+            self.lines.append(line)
+            self._new_line.set()
+            self._new_line = asyncio.Event()
+            if '"listening"' in line and not listening.done():
+                listening.set_result(None)
+        if not listening.done():
+            listening.set_exception(RuntimeError("proxy exited:\n" + "\n".join(self.lines)))
+
+    async def wait_for_event(self, event: str, wait_s: float = 10) -> None:
+        """Until a log line with ``"event": event`` has been printed."""
+        async with asyncio.timeout(wait_s):
+            while not any(f'"{event}"' in line for line in self.lines):
+                await self._new_line.wait()
+
+    async def stop(self, sig: int | None = signal.SIGTERM, wait_s: float = 30) -> int:
+        """Send ``sig`` (None: it was sent already) and return the exit code."""
+        if sig is not None and self.proc.returncode is None:
+            self.proc.send_signal(sig)
+        code = await asyncio.wait_for(self.proc.wait(), wait_s)
+        if self._reader is not None:
+            await self._reader
+        return code
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+        await self.proc.wait()
+        if self._reader is not None:
+            await self._reader
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def raw_http(url: str, request: bytes, *, wait_s: float = 10) -> tuple[int, bytes]:
+    """Send bytes exactly as given on a new connection; return (status, whole raw answer)."""
+    target = URL(url)
+    assert target.host is not None
+    assert target.port is not None
+    reader, writer = await asyncio.open_connection(target.host, target.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), wait_s)
+    finally:
+        writer.close()
+    status = int(raw.split(b" ", 2)[1]) if raw.startswith(b"HTTP/1.") else 0
+    return status, raw

@@ -1,0 +1,208 @@
+"""The command line and the proxy as a process: check-config, exit codes, drain on SIGTERM,
+health, metrics, and logs that are JSON and free of secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+from harness import ENV, SIGNING_KEY, ProxyProcess, raw_config
+
+from workspace_proxy.emulator import LookerEmulator
+
+pytestmark = pytest.mark.timeout(60)
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "workspace_proxy", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_check_config_valid_prints_summary_without_secrets(tmp_path: Path) -> None:
+    """check-config on a valid file: exit 0, teams and workspaces listed, no secret value."""
+    path = tmp_path / "ok.yaml"
+    path.write_text(yaml.safe_dump(raw_config("https://looker.example.com")))
+    result = _cli("check-config", str(path), env=ENV)
+    assert result.returncode == 0, result.stderr
+    assert "team analytics: workspace dev" in result.stdout
+    assert "team finance: workspace production" in result.stdout
+    for secret in ENV.values():
+        assert secret not in result.stdout + result.stderr
+
+
+def test_check_config_invalid_lists_every_problem(tmp_path: Path) -> None:
+    """check-config on a broken file: exit 2, every problem with its path, no traceback."""
+    raw = raw_config("ftp://nowhere")
+    raw["teams"]["analytics"]["workspace"] = "staging"
+    raw["teams"]["finance"]["colour"] = "blue"
+    raw["listen"]["port"] = 70000
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = _cli("check-config", str(path), env={})
+    assert result.returncode == 2
+    err = result.stderr
+    for expected in (
+        "looker.base_url: must be an http(s) URL",
+        "teams.analytics.workspace: must be one of dev, production",
+        "teams.finance.colour: unknown key",
+        "listen.port: must be at most 65535",
+        "token_signing_key: environment variable WP_SIGNING_KEY is not set",
+        "teams.analytics.looker_client_id: environment variable ANALYTICS_LOOKER_ID is not set",
+    ):
+        assert expected in err, err
+    assert "Traceback" not in err
+
+
+def test_check_config_broken_yaml(tmp_path: Path) -> None:
+    """Broken YAML: exit 2 with the line and column, no traceback."""
+    path = tmp_path / "broken.yaml"
+    path.write_text("looker:\n  base_url: [unclosed\nteams: {}\n")
+    result = _cli("check-config", str(path))
+    assert result.returncode == 2
+    assert "invalid YAML at line" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_serve_with_invalid_config_exits_2_with_json_error(tmp_path: Path) -> None:
+    """serve refuses an invalid config with exit 2 and a JSON log line naming each problem."""
+    path = tmp_path / "bad.yaml"
+    path.write_text("looker: {}\nteams: {}\n")
+    result = _cli("serve", "-c", str(path))
+    assert result.returncode == 2
+    event = json.loads(result.stderr.strip().splitlines()[-1])
+    assert event["event"] == "config_invalid"
+    assert any("looker.base_url: required" in p for p in event["problems"])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_drains_in_flight_requests_then_exits_0(
+    looker: LookerEmulator, tmp_path: Path, sig: int
+) -> None:
+    """On SIGTERM/SIGINT readiness turns 503 at once, a slow in-flight call completes, exit 0."""
+    config = raw_config(looker.base_url, shutdown={"drain_s": 0.5, "grace_s": 10})
+    proc = await ProxyProcess.start(config, tmp_path)
+    try:
+        async with aiohttp.ClientSession() as http:
+            form = {"client_id": "analytics-caller", "client_secret": "analytics-caller-secret"}
+            async with http.post(f"{proc.url}/api/4.0/login", data=form) as resp:
+                token = (await resp.json())["access_token"]
+            headers = {"Authorization": f"token {token}"}
+            async with http.get(f"{proc.url}/api/4.0/user", headers=headers) as resp:
+                assert resp.status == 200  # session pinned before the slow call
+            async with http.get(f"{proc.admin_url}/readyz") as resp:
+                assert resp.status == 200
+            looker.faults.latency_s = 1.5
+            slow = asyncio.ensure_future(http.get(f"{proc.url}/api/4.0/looks/1", headers=headers))
+            await asyncio.wait_for(looker.arrived("/looks/1"), 10)
+            proc.proc.send_signal(sig)
+            await proc.wait_for_event("draining")
+            async with http.get(f"{proc.admin_url}/readyz") as resp:
+                assert resp.status == 503
+                assert (await resp.json())["status"] == "draining"
+            resp = await slow
+            assert resp.status == 200
+            assert "Revenue" in (await resp.json())["title"]
+            resp.release()
+        assert await proc.stop(None) == 0
+    finally:
+        await proc.kill()
+    assert any('"stopped"' in line for line in proc.lines)
+
+
+async def test_logs_are_json_and_secret_free_through_faults(
+    looker: LookerEmulator, tmp_path: Path
+) -> None:
+    """Every log line of a run with faults is JSON, and no secret or token appears anywhere."""
+    proc = await ProxyProcess.start(raw_config(looker.base_url, log_level="debug"), tmp_path)
+    issued: list[str] = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            for team in ("analytics", "finance"):
+                form = {"client_id": f"{team}-caller", "client_secret": f"{team}-caller-secret"}
+                async with http.post(f"{proc.url}/api/4.0/login", data=form) as resp:
+                    issued.append((await resp.json())["access_token"])
+            async with http.post(
+                f"{proc.url}/api/4.0/login?client_id=analytics-caller&client_secret=wrong-secret"
+            ) as resp:
+                assert resp.status == 404
+            for token in issued:
+                for auth in (f"token {token}", f"Bearer {token}", f"token {token}x"):
+                    async with http.get(
+                        f"{proc.url}/api/4.0/user", headers={"Authorization": auth}
+                    ) as resp:
+                        await resp.read()
+            looker.revoke_all_tokens()
+            looker.faults.patch_session_failures = 1
+            async with http.get(
+                f"{proc.url}/api/4.0/user", headers={"Authorization": f"token {issued[0]}"}
+            ) as resp:
+                assert resp.status == 200
+            looker.faults.login_failures = 100
+            looker.revoke_all_tokens()
+            async with http.get(
+                f"{proc.url}/api/4.0/user", headers={"Authorization": f"token {issued[1]}"}
+            ) as resp:
+                assert resp.status == 503
+            async with http.get(f"{proc.admin_url}/metrics") as resp:
+                metrics = await resp.text()
+        assert await proc.stop() == 0
+    finally:
+        await proc.kill()
+    looker_tokens = looker.issued_tokens()
+    assert len(looker_tokens) >= 3
+    secrets = [*ENV.values(), SIGNING_KEY, *issued, *looker_tokens, "wrong-secret"]
+    everything = "\n".join([*proc.lines, metrics])
+    for secret in secrets:
+        assert secret not in everything
+    events = proc.events()  # raises if any line is not JSON
+    names = {e["event"] for e in events}
+    assert {"listening", "request", "looker_login", "session_published", "pin_failed"} <= names
+    assert (
+        'workspace_proxy_session_events_total{event="reauth",outcome="ok",team="analytics"}'
+        in metrics
+    )
+
+
+async def test_metrics_and_health_endpoints(looker: LookerEmulator, tmp_path: Path) -> None:
+    """Admin listener: /healthz live, /readyz ok, /metrics counts requests per team and status."""
+    proc = await ProxyProcess.start(raw_config(looker.base_url), tmp_path)
+    try:
+        async with aiohttp.ClientSession() as http:
+            form = {"client_id": "finance-caller", "client_secret": "finance-caller-secret"}
+            async with http.post(f"{proc.url}/api/4.0/login", data=form) as resp:
+                token = (await resp.json())["access_token"]
+            for _ in range(3):
+                async with http.get(
+                    f"{proc.url}/api/4.0/user", headers={"Authorization": f"token {token}"}
+                ) as resp:
+                    assert resp.status == 200
+            async with http.get(f"{proc.admin_url}/healthz") as resp:
+                assert resp.status == 200
+            async with http.get(f"{proc.admin_url}/readyz") as resp:
+                assert resp.status == 200
+                assert (await resp.json())["teams"] == {"analytics": True, "finance": True}
+            async with http.get(f"{proc.admin_url}/metrics") as resp:
+                text = await resp.text()
+    finally:
+        await proc.kill()
+    assert 'workspace_proxy_requests_total{route="user",status="200",team="finance"} 3.0' in text
+    assert (
+        'workspace_proxy_session_events_total{event="login",outcome="ok",team="finance"} 1.0'
+        in text
+    )
+    assert "workspace_proxy_upstream_latency_seconds_bucket" in text
+    assert 'workspace_proxy_session_age_seconds{team="finance"}' in text

@@ -1,0 +1,180 @@
+"""Application factories: the proxy app and its admin app (health, readiness, metrics).
+
+``create_app`` never binds, reads files or configures logging; tests start the same app.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Final
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from workspace_proxy.auth import CallerAuth
+from workspace_proxy.config import Config
+from workspace_proxy.errors import ProxyError
+from workspace_proxy.looker import LookerClient
+from workspace_proxy.metrics import CONTENT_TYPE_LATEST, Metrics
+from workspace_proxy.proxy import INFO, STATE, ProxyState, RequestInfo, handle, looker_error
+from workspace_proxy.tokens import Clock, TokenManager
+
+log = structlog.get_logger("workspace_proxy.access")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+CONFIG: Final = web.AppKey("workspace_proxy_config", Config)
+METRICS: Final = web.AppKey("workspace_proxy_metrics", Metrics)
+DRAINING: Final = web.AppKey("workspace_proxy_draining", list[bool])
+_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id(incoming: str | None) -> str:
+    """The caller's X-Request-Id when it is sane, else a new one."""
+    if incoming and _REQUEST_ID.match(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, one access-log line and request metrics per request."""
+    info = RequestInfo(request_id=request_id(request.headers.get("X-Request-Id")))
+    request[INFO] = info
+    started = time.perf_counter()
+    status = 500
+    try:
+        with structlog.contextvars.bound_contextvars(request_id=info.request_id):
+            response = await handler(request)
+            status = response.status
+            return response
+    finally:
+        duration = time.perf_counter() - started
+        request.app[METRICS].requests.labels(info.team or "-", info.route, str(status)).inc()
+        log.info(
+            "request",
+            request_id=info.request_id,
+            team=info.team,
+            method=request.method,
+            route=info.route,
+            status=status,
+            bytes_in=info.bytes_in,
+            bytes_out=info.bytes_out,
+            duration_ms=round(duration * 1000, 2),
+            session=info.session,
+            replayed=info.replayed,
+            outcome=info.outcome,
+        )
+
+
+@web.middleware
+async def looker_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one place that maps errors to Looker-shaped answers; exception text never leaks."""
+    try:
+        return await handler(request)
+    except ProxyError as exc:
+        request[INFO].outcome = getattr(exc, "kind", None) or exc.__class__.__name__
+        return looker_error(exc.status, exc.public_message, headers=exc.headers)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return looker_error(exc.status, exc.reason)
+    except TimeoutError:
+        request[INFO].outcome = "upstream_timeout"
+        return looker_error(504, "workspace-proxy: Looker did not answer in time.")
+    except aiohttp.ClientError as exc:
+        request[INFO].outcome = "upstream_unreachable"
+        log.warning("upstream_error", error=exc.__class__.__name__)
+        return looker_error(502, "workspace-proxy: Looker is unavailable.")
+
+
+async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    info = request.get(INFO)
+    if info is not None:
+        response.headers["X-Request-Id"] = info.request_id
+
+
+def _resources(clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        config = app[CONFIG]
+        connector = aiohttp.TCPConnector(
+            limit=config.looker.max_connections, limit_per_host=0, enable_cleanup_closed=True
+        )
+        async with aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            trust_env=False,
+        ) as http:
+            sessions = TokenManager(
+                config.teams,
+                LookerClient(http, config.looker),
+                config.looker.retry,
+                clock=clock,
+                events=app[METRICS],
+            )
+            app[STATE] = ProxyState(
+                config=config,
+                auth=CallerAuth(config),
+                sessions=sessions,
+                http=http,
+                metrics=app[METRICS],
+            )
+            yield
+            await sessions.close()
+
+    return resources
+
+
+def create_app(
+    config: Config, *, clock: Clock = time.monotonic, metrics: Metrics | None = None
+) -> web.Application:
+    """The proxy application for one validated config."""
+    app = web.Application(middlewares=[request_context, looker_errors], handler_args=None)
+    app[CONFIG] = config
+    app[METRICS] = metrics or Metrics()
+    app[DRAINING] = [False]
+    app.cleanup_ctx.append(_resources(clock))
+    app.on_response_prepare.append(_add_request_id)
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+def create_admin_app(proxy: web.Application) -> web.Application:
+    """Liveness, readiness (cached state only, never calls Looker) and Prometheus metrics."""
+
+    async def live(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def ready(_: web.Request) -> web.Response:
+        if proxy[DRAINING][0]:
+            return web.json_response({"status": "draining"}, status=503)
+        state = proxy.get(STATE)
+        if state is None:
+            return web.json_response({"status": "starting"}, status=503)
+        teams = {t.team.name: t.healthy for t in state.sessions.teams()}
+        ok = all(teams.values())
+        return web.json_response(
+            {"status": "ok" if ok else "degraded", "teams": teams}, status=200 if ok else 503
+        )
+
+    async def metrics(_: web.Request) -> web.Response:
+        state = proxy.get(STATE)
+        if state is not None:
+            now = time.monotonic()
+            for team in state.sessions.teams():
+                if team.current is not None:
+                    age = now - team.current.pinned_at
+                    proxy[METRICS].session_age.labels(team.team.name).set(age)
+        return web.Response(
+            body=proxy[METRICS].render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    admin = web.Application()
+    admin.router.add_get("/healthz", live)
+    admin.router.add_get("/readyz", ready)
+    admin.router.add_get("/metrics", metrics)
+    return admin

@@ -1,0 +1,161 @@
+"""Command line: ``workspace-proxy serve|check-config|emulator|demo``. Sole owner of exit codes.
+
+Exit codes: 0 success (including a graceful shutdown), 1 runtime failure, 2 usage or invalid
+configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import signal
+import sys
+from collections.abc import Sequence
+
+import structlog
+from aiohttp import web
+
+from workspace_proxy import __version__
+from workspace_proxy.app import DRAINING, create_admin_app, create_app
+from workspace_proxy.config import LOG_LEVELS, Config, Listen, load_config, summary
+from workspace_proxy.errors import ConfigError
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="workspace-proxy",
+        description="Reverse proxy for Looker that pins every API session to a team's workspace.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the proxy")
+    serve.add_argument("-c", "--config", required=True, help="YAML config file")
+    serve.add_argument("--log-level", choices=LOG_LEVELS, help="overrides log_level")
+    serve.add_argument("--host", help="overrides listen.host")
+    serve.add_argument("--port", type=int, help="overrides listen.port")
+    serve.add_argument("--admin-port", type=int, help="overrides admin.port")
+
+    check = sub.add_parser("check-config", help="validate a config file and summarise it")
+    check.add_argument("config", help="YAML config file")
+
+    emu = sub.add_parser("emulator", help="run the bundled Looker emulator")
+    emu.add_argument("--host", default="127.0.0.1")
+    emu.add_argument("--port", type=int, default=19999)
+    emu.add_argument("--users", help="YAML list of API users (default: built-in users)")
+    emu.add_argument("--token-ttl", type=int, default=3600, help="token lifetime in seconds")
+    emu.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+
+    sub.add_parser("demo", help="emulator + proxy + stock looker-sdk, end to end")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            return _check_config(args.config)
+        if args.command == "emulator":
+            return _emulator(args)
+        if args.command == "demo":
+            from workspace_proxy.demo import run_demo
+
+            return run_demo()
+        return _serve(args)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _check_config(path: str) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"config {path}: INVALID ({len(exc.problems)} problems)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(summary(config))
+    return EXIT_OK
+
+
+def _emulator(args: argparse.Namespace) -> int:
+    from workspace_proxy import log
+    from workspace_proxy.emulator import LookerEmulator
+
+    log.configure(args.log_level)
+    try:
+        emu = (
+            LookerEmulator.from_users_file(args.users, token_ttl=args.token_ttl)
+            if args.users
+            else LookerEmulator(token_ttl=args.token_ttl)
+        )
+    except ValueError as exc:
+        print(f"emulator: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    web.run_app(emu.app, host=args.host, port=args.port, print=None, access_log=None)
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from workspace_proxy import log
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        log.configure("info", stream=sys.stderr)
+        structlog.get_logger("workspace_proxy").error("config_invalid", problems=exc.problems)
+        return EXIT_CONFIG
+    config = dataclasses.replace(
+        config,
+        log_level=args.log_level or config.log_level,
+        listen=Listen(
+            host=args.host or config.listen.host,
+            port=config.listen.port if args.port is None else args.port,
+        ),
+        admin=Listen(
+            host=config.admin.host,
+            port=config.admin.port if args.admin_port is None else args.admin_port,
+        ),
+    )
+    log.configure(config.log_level)
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        structlog.get_logger("workspace_proxy").error("cannot_listen", error=str(exc))
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+async def serve(config: Config) -> None:
+    """Serve until SIGTERM/SIGINT, then drain: readiness 503, keep serving, wait for in-flight."""
+    logger = structlog.get_logger("workspace_proxy")
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown.grace_s)
+    admin = web.AppRunner(create_admin_app(app), access_log=None)
+    await runner.setup()
+    await admin.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await web.TCPSite(runner, config.listen.host, config.listen.port).start()
+        await web.TCPSite(admin, config.admin.host, config.admin.port).start()
+        logger.info(
+            "listening",
+            proxy=f"{config.listen.host}:{config.listen.port}",
+            admin=f"{config.admin.host}:{config.admin.port}",
+            teams={t.name: t.workspace for t in config.teams.values()},
+            looker=config.looker.base_url,
+        )
+        await stop.wait()
+        logger.info("draining", drain_s=config.shutdown.drain_s, grace_s=config.shutdown.grace_s)
+        app[DRAINING][0] = True
+        await asyncio.sleep(config.shutdown.drain_s)
+    finally:
+        await runner.cleanup()
+        await admin.cleanup()
+        logger.info("stopped")

@@ -1,0 +1,92 @@
+"""Header hygiene for both directions. Pure functions, no I/O.
+
+Upstream, these are dropped: the caller's credentials (any header whose name, ignoring case and
+punctuation, contains ``authorization``: ``Authorization``, ``authorization_``,
+``X-Authorization``, ``Proxy-Authorization``), hop-by-hop headers, those named in
+``Connection``, ``Host``, ``Cookie``, ``Expect`` and every incoming ``Forwarded`` or
+``X-Forwarded-*``. The proxy sets the pinned token and its own ``X-Forwarded-For``/``-Proto``/
+``-Host`` (the caller's peer address, never a claimed one).
+Downstream: hop-by-hop headers are dropped; everything else from Looker is passed on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Final
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_LETTERS: Final = re.compile(r"[^a-z]")
+_CALLER_ONLY: Final = frozenset(
+    {"authorization", "host", "content-length", "expect", "forwarded", "cookie"}
+)
+
+
+def canonical(name: str) -> str:
+    """Lower case with ``_`` read as ``-`` (some servers treat them alike)."""
+    return name.strip().lower().replace("_", "-")
+
+
+def connection_tokens(values: Iterable[str]) -> frozenset[str]:
+    """Header names listed in ``Connection`` headers."""
+    return frozenset(canonical(t) for v in values for t in v.split(",") if t.strip())
+
+
+def _dropped(name: str, named: frozenset[str]) -> bool:
+    c = canonical(name)
+    return (
+        c in HOP_BY_HOP
+        or c in named
+        or c in _CALLER_ONLY
+        or c.startswith("x-forwarded-")
+        or "authorization" in _LETTERS.sub("", c)  # Authorization_, X-Authorization, ...
+    )
+
+
+def upstream_headers(
+    incoming: CIMultiDictProxy[str] | CIMultiDict[str],
+    authorization: str | None,
+    *,
+    peer: str | None,
+    proto: str,
+    host: str | None,
+    content_length: int | None,
+) -> CIMultiDict[str]:
+    named = connection_tokens(incoming.getall("Connection", ()))
+    out: CIMultiDict[str] = CIMultiDict(
+        (k, v) for k, v in incoming.items() if not _dropped(k, named)
+    )
+    if authorization is not None:
+        out["Authorization"] = authorization
+    if content_length is not None:
+        out["Content-Length"] = str(content_length)
+    if peer:
+        out["X-Forwarded-For"] = peer
+    out["X-Forwarded-Proto"] = proto
+    if host:
+        out["X-Forwarded-Host"] = host
+    return out
+
+
+def downstream_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    named = connection_tokens(incoming.getall("Connection", ()))
+    return CIMultiDict(
+        (k, v)
+        for k, v in incoming.items()
+        if canonical(k) not in HOP_BY_HOP and canonical(k) not in named
+    )

@@ -1,0 +1,63 @@
+"""Prometheus metrics with bounded labels (team, route name, status class, outcome kind).
+
+Each app gets its own registry, so tests and reloads never collide on global state.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "workspace_proxy_requests",
+            "Requests answered, by team, route and status code.",
+            ["team", "route", "status"],
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "workspace_proxy_upstream_latency_seconds",
+            "Time from sending a forwarded request to Looker until its response headers arrived.",
+            ["team"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "workspace_proxy_in_flight_requests",
+            "Requests being handled, by team.",
+            ["team"],
+            registry=r,
+        )
+        self.session_events = Counter(
+            "workspace_proxy_session_events",
+            "Upstream session work: event is login (cold), refresh (ahead of expiry) or reauth "
+            "(after a 401); outcome is ok or the failure kind.",
+            ["team", "event", "outcome"],
+            registry=r,
+        )
+        self.replays = Counter(
+            "workspace_proxy_replays",
+            "Requests replayed once under a new session after Looker answered 401.",
+            ["team"],
+            registry=r,
+        )
+        self.session_age = Gauge(
+            "workspace_proxy_session_age_seconds",
+            "Age of each team's published pinned session.",
+            ["team"],
+            registry=r,
+        )
+
+    def session_event(self, team: str, event: str, outcome: str) -> None:
+        self.session_events.labels(team, event, outcome).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

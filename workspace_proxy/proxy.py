@@ -1,0 +1,328 @@
+"""The catch-all handler: route policy, caller auth, forwarding under the pinned session.
+
+Bodies stream both ways in bounded chunks. Small request bodies are buffered so a call can be
+replayed once after Looker rejects the team's session (401) and a fresh one is pinned.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import aiohttp
+import structlog
+from aiohttp import web
+from yarl import URL
+
+from workspace_proxy.auth import CallerAuth, Principal
+from workspace_proxy.config import WORKSPACES, Config, TeamConfig
+from workspace_proxy.errors import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    SessionUnavailable,
+    TooManyRequests,
+)
+from workspace_proxy.headers import downstream_headers, upstream_headers
+from workspace_proxy.looker import auth_header
+from workspace_proxy.metrics import Metrics
+from workspace_proxy.routes import Action, Route, classify
+from workspace_proxy.tokens import PinnedSession, TokenManager
+
+log = structlog.get_logger("workspace_proxy.proxy")
+
+CHUNK: Final = 256 * 1024
+_SMALL_BODY: Final = 64 * 1024
+DOCS_URL: Final = "https://cloud.google.com/looker/docs/"
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """What the access log reports about one request; filled in as the request proceeds."""
+
+    request_id: str
+    route: str = "-"
+    team: str | None = None
+    session: str | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    replayed: bool = False
+    outcome: str | None = None
+
+
+INFO: Final = web.RequestKey("workspace_proxy_info", RequestInfo)
+
+
+@dataclass
+class ProxyState:
+    config: Config
+    auth: CallerAuth
+    sessions: TokenManager
+    http: aiohttp.ClientSession
+    metrics: Metrics
+    in_flight: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.forward_timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self.config.looker.timeouts.connect_s,
+            sock_read=self.config.looker.timeouts.read_s,
+        )
+        self.ssl = self.config.looker.ssl_context()
+
+
+STATE: Final = web.AppKey("workspace_proxy_state", ProxyState)
+
+
+def looker_error(
+    status: int, message: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> web.Response:
+    """A Looker-shaped JSON error: ``{"message", "documentation_url"}`` (+ extra fields)."""
+    body = {"message": message, **extra, "documentation_url": DOCS_URL}
+    return web.json_response(body, status=status, headers=headers)
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    info = request[INFO]
+    route = classify(request.method, request.rel_url.raw_path, state.config.looker.api_versions)
+    info.route = route.name
+    if route.action is Action.NOT_FOUND:
+        raise NotFound()
+    if route.action is Action.LOGIN:
+        return await _login(request, state)
+    if route.action is Action.VERSIONS:
+        return await _forward(request, state, route, None, None, body=None, replayable=True)
+    credentials = request.headers.getall("Authorization", ())
+    if len(credentials) > 1:
+        raise BadRequest("workspace-proxy: send exactly one Authorization header.")
+    principal = state.auth.verify(credentials[0] if credentials else None)
+    team = state.config.teams[principal.team]
+    info.team = team.name
+    if route.action is Action.LOGOUT:
+        state.auth.revoke(principal)
+        return web.Response(status=204)
+    if route.action is Action.SUDO:
+        raise Forbidden(
+            f"workspace-proxy: sudo (POST /login/{{user_id}}) would start a session outside "
+            f"team {team.name!r}'s pinned {team.workspace!r} workspace and is not allowed."
+        )
+    with _concurrency_slot(state, team):
+        if route.action is Action.PATCH_SESSION:
+            return await _patch_session(request, state, route, team)
+        body, replayable = await _request_body(request, state.config)
+        return await _forward(request, state, route, team, principal, body, replayable)
+
+
+async def _login(request: web.Request, state: ProxyState) -> web.Response:
+    """The caller's own login: answered by the proxy with a proxy token, like Looker would."""
+    form: dict[str, str] = {}
+    if request.can_read_body:
+        if (request.content_length or 0) > _SMALL_BODY:
+            raise BadRequest("Login body too large.", status=413)
+        posted = await request.post()
+        form = {k: v for k, v in posted.items() if isinstance(v, str)}
+    client_id = form.get("client_id") or request.query.get("client_id")
+    client_secret = form.get("client_secret") or request.query.get("client_secret")
+    issued = state.auth.login(client_id, client_secret)
+    return web.json_response(issued.as_looker_json())
+
+
+async def _patch_session(
+    request: web.Request, state: ProxyState, route: Route, team: TeamConfig
+) -> web.StreamResponse:
+    """Keep the pin: the team's own workspace is answered with the pinned session."""
+    body = await _small_json(request)
+    wanted = body.get("workspace_id") if isinstance(body, dict) else None
+    if wanted is not None and wanted not in WORKSPACES:
+        return looker_error(
+            422,
+            "Validation Failed",
+            errors=[
+                {
+                    "field": "workspace_id",
+                    "code": "invalid",
+                    "message": f"must be one of {', '.join(WORKSPACES)}",
+                    "documentation_url": DOCS_URL,
+                }
+            ],
+        )
+    if wanted is not None and wanted != team.workspace:
+        raise Forbidden(
+            f"workspace-proxy pins team {team.name!r} to the {team.workspace!r} workspace; "
+            f"switching this session to {wanted!r} is not allowed."
+        )
+    read = Route(Action.FORWARD, route.path, route.name)
+    return await _forward(
+        request, state, read, team, None, body=None, replayable=True, method="GET"
+    )
+
+
+async def _small_json(request: web.Request) -> object:
+    if (request.content_length or 0) > _SMALL_BODY:
+        raise BadRequest("Request body too large for this call.", status=413)
+    raw = await request.content.read(_SMALL_BODY + 1)
+    if len(raw) > _SMALL_BODY:
+        raise BadRequest("Request body too large for this call.", status=413)
+    try:
+        return json.loads(raw) if raw else {}
+    except ValueError:
+        raise BadRequest("Request body is not valid JSON.") from None
+
+
+class _Slot:
+    def __init__(self, state: ProxyState, team: str) -> None:
+        self._state, self._team = state, team
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self._state.in_flight[self._team] -= 1
+        self._state.metrics.in_flight.labels(self._team).dec()
+
+
+def _concurrency_slot(state: ProxyState, team: TeamConfig) -> _Slot:
+    """Reserve one of the team's concurrent request slots, or 429 at once."""
+    busy = state.in_flight.get(team.name, 0)
+    if busy >= team.max_concurrency:
+        raise TooManyRequests(
+            f"workspace-proxy: team {team.name!r} already has {busy} requests in flight "
+            f"(limit {team.max_concurrency}).",
+            headers={"Retry-After": "1"},
+        )
+    state.in_flight[team.name] = busy + 1
+    state.metrics.in_flight.labels(team.name).inc()
+    return _Slot(state, team.name)
+
+
+async def _request_body(request: web.Request, config: Config) -> tuple[Any, bool]:
+    """(body to send, replayable). Small bodies are read; larger ones stream once."""
+    if not request.body_exists:
+        return None, True
+    length = request.content_length
+    limit = config.limits.max_request_body_bytes
+    if length is not None and length > limit:
+        raise BadRequest(f"Request body larger than {limit} bytes.", status=413)
+    if length is not None and length <= config.limits.replay_buffer_bytes:
+        body = await request.content.readexactly(length) if length else b""
+        request[INFO].bytes_in = len(body)
+        return body, True
+    return _stream_body(request, limit), False
+
+
+async def _stream_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+    info = request[INFO]
+    async for chunk in request.content.iter_chunked(CHUNK):
+        info.bytes_in += len(chunk)
+        if info.bytes_in > limit:
+            raise BadRequest(f"Request body larger than {limit} bytes.", status=413)
+        yield chunk
+
+
+async def _forward(
+    request: web.Request,
+    state: ProxyState,
+    route: Route,
+    team: TeamConfig | None,
+    principal: Principal | None,
+    body: Any,
+    replayable: bool,
+    *,
+    method: str | None = None,
+) -> web.StreamResponse:
+    """Send under the team's pinned session (none for public routes) and stream the answer."""
+    info = request[INFO]
+    sessions = state.sessions[team.name] if team is not None else None
+    session = await sessions.get() if sessions is not None else None
+    upstream = await _send(request, state, route, session, body, method)
+    if upstream.status == 401 and sessions is not None and session is not None:
+        upstream.release()
+        session = await sessions.replace(session)
+        if not replayable:
+            raise SessionUnavailable(
+                "Looker ended the team's session while this request's body was being streamed; "
+                "a new pinned session is ready",
+                retry_after=1.0,
+                kind="not_replayable",
+            )
+        info.replayed = True
+        state.metrics.replays.labels(session.team).inc()
+        upstream = await _send(request, state, route, session, body, method)
+        if upstream.status == 401:
+            upstream.release()
+            raise SessionUnavailable(
+                "Looker rejected a freshly pinned session", retry_after=5.0, kind="rejected"
+            )
+    return await _stream_back(request, upstream)
+
+
+async def _send(
+    request: web.Request,
+    state: ProxyState,
+    route: Route,
+    session: PinnedSession | None,
+    body: Any,
+    method: str | None,
+) -> aiohttp.ClientResponse:
+    info = request[INFO]
+    if session is not None:
+        info.session = f"{session.generation}:{session.fingerprint}"
+    query = request.rel_url.raw_query_string
+    url = URL(
+        state.config.looker.base_url + route.path + (f"?{query}" if query else ""), encoded=True
+    )
+    headers = upstream_headers(
+        request.headers,
+        auth_header(session.token) if session is not None else None,
+        peer=request.remote,
+        proto=request.scheme,
+        host=request.host,
+        content_length=len(body) if isinstance(body, bytes) else request.content_length,
+    )
+    started = time.perf_counter()
+    upstream = await state.http.request(
+        method or request.method,
+        url,
+        data=body,
+        headers=headers,
+        allow_redirects=False,
+        timeout=state.forward_timeout,
+        ssl=state.ssl,
+        auto_decompress=False,
+    )
+    if session is not None:
+        state.metrics.upstream_latency.labels(session.team).observe(time.perf_counter() - started)
+    return upstream
+
+
+async def _stream_back(
+    request: web.Request, upstream: aiohttp.ClientResponse
+) -> web.StreamResponse:
+    """Stream Looker's answer; a broken upstream stream breaks the caller's connection too."""
+    info = request[INFO]
+    try:
+        headers = downstream_headers(upstream.headers)
+        response = web.StreamResponse(
+            status=upstream.status, reason=upstream.reason, headers=headers
+        )
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_chunked(CHUNK):
+                info.bytes_out += len(chunk)
+                await response.write(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            info.outcome = "upstream_broken"
+            log.warning("upstream_stream_broken", error=exc.__class__.__name__)
+            # Headers are gone: the only honest signal left is to cut the caller's connection,
+            # so a truncated body can never pass for a complete one.
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        await response.write_eof()
+        return response
+    finally:
+        upstream.release()

@@ -1,0 +1,272 @@
+"""Pinned Looker sessions, one per team.
+
+A session is *published* (made visible to forwarding) only after LookerClient has logged in,
+PATCHed ``/session`` to the team's workspace and verified it, so nothing can ever observe a token
+between login and pin. Logins are single-flight per team; refresh happens ahead of expiry in the
+background while in-flight and new requests keep using the old, still valid, pinned session.
+Knows nothing of web requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import structlog
+
+from workspace_proxy.config import Retry, Secret, TeamConfig
+from workspace_proxy.errors import SessionUnavailable
+from workspace_proxy.looker import LookerToken
+
+log = structlog.get_logger("workspace_proxy.tokens")
+Clock = Callable[[], float]
+
+
+class SessionSource(Protocol):
+    """What TeamSession needs from Looker (LookerClient satisfies it)."""
+
+    async def login(self, client_id: Secret, client_secret: Secret) -> LookerToken: ...
+    async def pin(self, token: Secret, workspace: str) -> None: ...
+    async def logout(self, token: Secret) -> bool: ...
+
+
+class SessionEvents(Protocol):
+    """Observer for metrics; every method must be cheap and never raise."""
+
+    def session_event(self, team: str, event: str, outcome: str) -> None: ...
+
+
+class _NoEvents:
+    def session_event(self, team: str, event: str, outcome: str) -> None:
+        return None
+
+
+def fingerprint(token: Secret) -> str:
+    """A short, non-reversible name for a token, safe for logs and metrics."""
+    return hashlib.sha256(token.reveal().encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True, slots=True)
+class PinnedSession:
+    token: Secret
+    team: str
+    workspace: str
+    generation: int
+    fingerprint: str
+    pinned_at: float
+    refresh_at: float
+    """From here on a background refresh is started."""
+    usable_until: float
+    """After this the session is no longer handed out (a margin before Looker's expiry)."""
+
+
+def deadlines(now: float, expires_in: float) -> tuple[float, float]:
+    """(refresh_at, usable_until) for a token Looker said lives ``expires_in`` seconds.
+
+    Refresh starts when a quarter of the lifetime (at most 5 minutes) is left; the session stops
+    being handed out when a tenth (at most 30 s) is left, so a forwarded call never starts on a
+    token about to die.
+    """
+    usable_until = now + expires_in - min(30.0, expires_in * 0.1)
+    refresh_at = now + expires_in - min(300.0, expires_in * 0.25)
+    return refresh_at, usable_until
+
+
+def backoff(failures: int, retry: Retry, hinted: float, *, rand: Callable[[], float]) -> float:
+    """Exponential backoff with full jitter in its upper half; never shorter than Retry-After."""
+    ceiling = min(retry.max_backoff_s, retry.initial_backoff_s * 2.0 ** max(0, failures - 1))
+    jittered = ceiling * (0.5 + 0.5 * rand())
+    return max(jittered, hinted)
+
+
+class TeamSession:
+    """The pinned Looker session of one team."""
+
+    def __init__(
+        self,
+        team: TeamConfig,
+        source: SessionSource,
+        retry: Retry,
+        *,
+        clock: Clock = time.monotonic,
+        events: SessionEvents | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.team = team
+        self._source = source
+        self._retry = retry
+        self._clock = clock
+        self._events = events or _NoEvents()
+        self._rand = rand
+        self._current: PinnedSession | None = None
+        self._flight: asyncio.Task[PinnedSession] | None = None
+        self._generation = 0
+        self._failures = 0
+        self._retry_at = 0.0
+        self._last_error: SessionUnavailable | None = None
+        self._closed = False
+
+    @property
+    def current(self) -> PinnedSession | None:
+        """The published session, if any (for health and metrics; may be past refresh_at)."""
+        return self._current
+
+    @property
+    def healthy(self) -> bool:
+        """True unless the team needed a session and cannot have one right now."""
+        s = self._current
+        if s is not None and self._clock() < s.usable_until:
+            return True
+        return self._last_error is None
+
+    async def get(self) -> PinnedSession:
+        """A verified session pinned to the team's workspace, or SessionUnavailable."""
+        s = self._current
+        now = self._clock()
+        if s is not None and now < s.usable_until:
+            if now >= s.refresh_at and self._flight is None and now >= self._retry_at:
+                self._start_flight("refresh")
+            return s
+        return await self._wait_for_flight("login")
+
+    async def replace(self, stale: PinnedSession) -> PinnedSession:
+        """Looker rejected ``stale`` (401). Re-login once, unless it was already replaced."""
+        if self._current is stale:
+            self._current = None
+            self._events.session_event(self.team.name, "reauth", "started")
+            log.info("session_rejected", team=self.team.name, generation=stale.generation)
+            if self._flight is not None and not self._flight.done():
+                # A refresh that started before the rejection may still land and be fine; but it
+                # may also have been started on the same, now dead, credentials: wait for it.
+                return await self._wait_for_flight("reauth")
+            return await self._wait_for_flight("reauth", ignore_backoff=True)
+        return await self.get()
+
+    async def close(self) -> None:
+        self._closed = True
+        flight, self._flight = self._flight, None
+        if flight is not None:
+            flight.cancel()
+            await asyncio.gather(flight, return_exceptions=True)
+
+    def _start_flight(self, reason: str) -> asyncio.Task[PinnedSession]:
+        flight = asyncio.get_running_loop().create_task(self._pin_with_retries(reason))
+        flight.add_done_callback(self._flight_done)
+        self._flight = flight
+        return flight
+
+    def _flight_done(self, flight: asyncio.Task[PinnedSession]) -> None:
+        if self._flight is flight:
+            self._flight = None
+        if not flight.cancelled():
+            flight.exception()  # retrieved: waiters got it; a lone refresh failure is logged
+
+    async def _wait_for_flight(self, reason: str, *, ignore_backoff: bool = False) -> PinnedSession:
+        if self._closed:
+            raise SessionUnavailable("the proxy is shutting down", retry_after=1.0, kind="closed")
+        flight = self._flight
+        if flight is None:
+            wait = self._retry_at - self._clock()
+            if wait > 0 and self._last_error is not None and not ignore_backoff:
+                # Looker failed moments ago: answer at once instead of hammering it.
+                raise _again(self._last_error, wait)
+            flight = self._start_flight(reason)
+        return await asyncio.shield(flight)
+
+    async def _pin_with_retries(self, reason: str) -> PinnedSession:
+        loop = asyncio.get_running_loop()  # retries sleep in real time, so the deadline is real
+        give_up_at = loop.time() + self._retry.deadline_s
+        while True:
+            try:
+                session = await self._pin_once(reason)
+            except SessionUnavailable as exc:
+                self._failures += 1
+                delay = backoff(self._failures, self._retry, exc.retry_after, rand=self._rand)
+                self._retry_at = self._clock() + delay
+                self._last_error = exc
+                self._events.session_event(self.team.name, reason, exc.kind)
+                log.warning(
+                    "pin_failed",
+                    team=self.team.name,
+                    workspace=self.team.workspace,
+                    reason=exc.reason,
+                    kind=exc.kind,
+                    attempt=self._failures,
+                    retry_in_s=round(delay, 3),
+                )
+                if loop.time() + delay > give_up_at:
+                    raise _again(exc, delay) from None
+                await asyncio.sleep(delay)
+                continue
+            self._current = session
+            self._failures, self._retry_at, self._last_error = 0, 0.0, None
+            self._events.session_event(self.team.name, reason, "ok")
+            log.info(
+                "session_published",
+                team=self.team.name,
+                workspace=session.workspace,
+                generation=session.generation,
+                session=session.fingerprint,
+                reason=reason,
+            )
+            return session
+
+    async def _pin_once(self, reason: str) -> PinnedSession:
+        team = self.team
+        started = self._clock()
+        login = await self._source.login(team.looker_client_id, team.looker_client_secret)
+        log.info("looker_login", team=team.name, session=fingerprint(login.token), reason=reason)
+        try:
+            await self._source.pin(login.token, team.workspace)
+        except BaseException:
+            # Never leave an unpinned production session behind; it is never published.
+            await asyncio.shield(self._source.logout(login.token))
+            raise
+        self._generation += 1
+        refresh_at, usable_until = deadlines(started, login.expires_in)
+        return PinnedSession(
+            token=login.token,
+            team=team.name,
+            workspace=team.workspace,
+            generation=self._generation,
+            fingerprint=fingerprint(login.token),
+            pinned_at=self._clock(),
+            refresh_at=refresh_at,
+            usable_until=usable_until,
+        )
+
+
+def _again(exc: SessionUnavailable, retry_after: float) -> SessionUnavailable:
+    return type(exc)(exc.reason, retry_after=retry_after, kind=exc.kind)
+
+
+class TokenManager:
+    """All teams' sessions. Teams are looked up by name; unknown names are a programming error."""
+
+    def __init__(
+        self,
+        teams: Mapping[str, TeamConfig],
+        source: SessionSource,
+        retry: Retry,
+        *,
+        clock: Clock = time.monotonic,
+        events: SessionEvents | None = None,
+    ) -> None:
+        self._sessions = {
+            name: TeamSession(team, source, retry, clock=clock, events=events)
+            for name, team in teams.items()
+        }
+
+    def __getitem__(self, team: str) -> TeamSession:
+        return self._sessions[team]
+
+    def teams(self) -> list[TeamSession]:
+        return list(self._sessions.values())
+
+    async def close(self) -> None:
+        await asyncio.gather(*(s.close() for s in self._sessions.values()))
