@@ -852,6 +852,24 @@ async def test_hold_login_waits_for_the_event(
     assert [e.status for e in looker.audit] == [200, 200, 200]
 
 
+async def test_hold_session_patch_waits_for_the_event(
+    http: aiohttp.ClientSession, looker: LookerEmulator
+) -> None:
+    """faults.hold_session_patch: the PATCH arrives (event set) but applies once released."""
+    token = await login(http, looker)
+    looker.faults.hold_session_patch = asyncio.Event()
+    headers = {"Authorization": f"token {token}"}
+    patch = asyncio.ensure_future(
+        http.patch(looker.url(f"{V4}/session"), json={"workspace_id": "dev"}, headers=headers)
+    )
+    await looker.session_patch_started.wait()
+    assert looker.workspace_of(token) == "production"
+    looker.faults.hold_session_patch.set()
+    resp = await patch
+    assert resp.status == 200
+    assert looker.workspace_of(token) == "dev"
+
+
 async def test_login_timeout_hangs_until_the_client_gives_up(
     http: aiohttp.ClientSession, looker: LookerEmulator
 ) -> None:

@@ -152,6 +152,25 @@ async def test_cold_start_is_single_flight_per_team(looker: LookerEmulator, prox
     assert assert_every_call_pinned(looker) == 200
 
 
+async def test_requests_arriving_during_the_pin_wait_for_it(
+    looker: LookerEmulator, proxy: Proxy
+) -> None:
+    """While PATCH /session is in flight nothing is forwarded; afterwards all run pinned."""
+    token = await proxy.login("analytics")
+    looker.faults.hold_session_patch = asyncio.Event()
+    first = asyncio.ensure_future(proxy.call("GET", "/api/4.0/user", token))
+    await looker.session_patch_started.wait()
+    later = [asyncio.ensure_future(proxy.call("GET", "/api/4.0/user", token)) for _ in range(20)]
+    done, _ = await asyncio.wait([first, *later], timeout=0.5)
+    assert done == set(), "a request was answered before the session was pinned"
+    assert forwarded(looker) == []
+    looker.faults.hold_session_patch.set()
+    responses = await asyncio.gather(first, *later)
+    assert [r.status for r in responses] == [200] * 21
+    assert assert_every_call_pinned(looker) == 21
+    assert (looker.logins, looker.session_patches) == (1, 1)
+
+
 async def test_caller_patch_to_other_workspace_is_refused(
     looker: LookerEmulator, proxy: Proxy
 ) -> None:

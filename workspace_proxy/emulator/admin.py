@@ -29,7 +29,7 @@ _FAULT_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "reset_after_bytes": ((int,), True),
     "token_ttl_override": ((int, float), True),
 }
-_IGNORED_FAULTS = frozenset({"hold_login"})
+_IGNORED_FAULTS = frozenset({"hold_login", "hold_session_patch"})
 
 
 def fault_changes(body: object) -> dict[str, Any]:

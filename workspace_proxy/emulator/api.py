@@ -281,8 +281,11 @@ async def session(call: Call) -> web.StreamResponse:
 
 async def update_session(call: Call) -> web.StreamResponse:
     call.emu.session_patches += 1
+    call.emu.session_patch_started.set()
     current = call.authenticate()
     faults = call.emu.faults
+    if faults.hold_session_patch is not None and not await call.emu.hang(faults.hold_session_patch):
+        raise ApiError(503, reason(503))  # interrupted by a restart, reset or shutdown
     if faults.patch_session_failures > 0:
         faults.patch_session_failures -= 1
         status = faults.patch_session_status

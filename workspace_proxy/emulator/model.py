@@ -56,6 +56,7 @@ class Faults:
     patch_session_failures: int = 0
     patch_session_status: int = 500
     patch_session_wrong_workspace: str | None = None
+    hold_session_patch: asyncio.Event | None = None
     latency_s: float = 0.0
     reset_after_bytes: int | None = None
     token_ttl_override: float | None = None

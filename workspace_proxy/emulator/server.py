@@ -45,6 +45,7 @@ class LookerEmulator:
         self.faults = Faults()
         self.audit: list[AuditEntry] = []
         self.login_started = asyncio.Event()
+        self.session_patch_started = asyncio.Event()
         self.login_attempts = 0
         self.logins = 0
         self.session_patches = 0
@@ -86,6 +87,7 @@ class LookerEmulator:
         self.login_attempts = self.logins = self.session_patches = 0
         self.faults.reset()
         self.login_started.clear()
+        self.session_patch_started.clear()
         self._release_hung()
 
     def issued_tokens(self) -> list[str]:
