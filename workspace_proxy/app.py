@@ -20,8 +20,16 @@ from workspace_proxy.config import Config
 from workspace_proxy.errors import ProxyError
 from workspace_proxy.looker import LookerClient
 from workspace_proxy.metrics import CONTENT_TYPE_LATEST, Metrics
-from workspace_proxy.proxy import INFO, STATE, ProxyState, RequestInfo, handle, looker_error
-from workspace_proxy.tokens import Clock, TokenManager
+from workspace_proxy.proxy import (
+    INFO,
+    STATE,
+    ProxyState,
+    RequestInfo,
+    View,
+    handle,
+    looker_error,
+)
+from workspace_proxy.tokens import Clock, TokenManager, close_all
 
 log = structlog.get_logger("workspace_proxy.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -116,17 +124,50 @@ def _resources(clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]
                 clock=clock,
                 events=app[METRICS],
             )
-            app[STATE] = ProxyState(
-                config=config,
-                auth=CallerAuth(config),
-                sessions=sessions,
+            state = ProxyState(
+                view=View.build(config, CallerAuth(config), sessions),
                 http=http,
                 metrics=app[METRICS],
             )
+            app[STATE] = state
             yield
-            await sessions.close()
+            await state.view.sessions.close()
 
     return resources
+
+
+async def reload(app: web.Application, config: Config, *, clock: Clock = time.monotonic) -> None:
+    """Swap to a new, already validated config in one step.
+
+    Unchanged teams keep their pinned sessions; changed teams re-pin on first use; removed teams
+    stop taking requests (their callers' tokens no longer verify) while requests in flight finish
+    on the session they already hold. Listener addresses need a restart.
+    """
+    state = app[STATE]
+    old = state.view
+    same_looker = config.looker == old.config.looker
+    source = LookerClient(state.http, config.looker)
+    sessions, retired = old.sessions.reconfigured(
+        config.teams,
+        source,
+        config.looker.retry,
+        same_looker=same_looker,
+        clock=clock,
+        events=state.metrics,
+    )
+    state.view = View.build(config, CallerAuth(config), sessions)
+    log.info(
+        "config_reloaded",
+        kept=sorted(
+            n for n in old.config.teams if n in config.teams and sessions[n] is old.sessions[n]
+        ),
+        repinned=sorted(s.team.name for s in retired if s.team.name in config.teams),
+        added=sorted(set(config.teams) - set(old.config.teams)),
+        removed=sorted(set(old.config.teams) - set(config.teams)),
+    )
+    if (config.listen, config.admin) != (old.config.listen, old.config.admin):
+        log.warning("listen_change_needs_restart")
+    await close_all(retired, wait=True)
 
 
 def create_app(
@@ -155,7 +196,7 @@ def create_admin_app(proxy: web.Application) -> web.Application:
         state = proxy.get(STATE)
         if state is None:
             return web.json_response({"status": "starting"}, status=503)
-        teams = {t.team.name: t.healthy for t in state.sessions.teams()}
+        teams = {t.team.name: t.healthy for t in state.view.sessions.teams()}
         ok = all(teams.values())
         return web.json_response(
             {"status": "ok" if ok else "degraded", "teams": teams}, status=200 if ok else 503
@@ -165,7 +206,7 @@ def create_admin_app(proxy: web.Application) -> web.Application:
         state = proxy.get(STATE)
         if state is not None:
             now = time.monotonic()
-            for team in state.sessions.teams():
+            for team in state.view.sessions.teams():
                 if team.current is not None:
                     age = now - team.current.pinned_at
                     proxy[METRICS].session_age.labels(team.team.name).set(age)

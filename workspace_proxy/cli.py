@@ -17,9 +17,10 @@ import structlog
 from aiohttp import web
 
 from workspace_proxy import __version__
-from workspace_proxy.app import DRAINING, create_admin_app, create_app
+from workspace_proxy.app import DRAINING, create_admin_app, create_app, reload
 from workspace_proxy.config import LOG_LEVELS, Config, Listen, load_config, summary
 from workspace_proxy.errors import ConfigError
+from workspace_proxy.proxy import STATE
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -122,15 +123,37 @@ def _serve(args: argparse.Namespace) -> int:
     )
     log.configure(config.log_level)
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, config_path=args.config))
     except OSError as exc:
         structlog.get_logger("workspace_proxy").error("cannot_listen", error=str(exc))
         return EXIT_FAILURE
     return EXIT_OK
 
 
-async def serve(config: Config) -> None:
-    """Serve until SIGTERM/SIGINT, then drain: readiness 503, keep serving, wait for in-flight."""
+async def _reload_on_hangup(app: web.Application, path: str, hangup: asyncio.Event) -> None:
+    """SIGHUP: re-read and validate the config; keep the old one (and say why) if it is invalid."""
+    from workspace_proxy import log
+
+    logger = structlog.get_logger("workspace_proxy")
+    while True:
+        await hangup.wait()
+        hangup.clear()
+        try:
+            new = load_config(path)
+        except ConfigError as exc:
+            logger.error("config_reload_rejected", path=path, problems=exc.problems)
+            continue
+        current = app[STATE].view.config
+        new = dataclasses.replace(new, listen=current.listen, admin=current.admin)
+        if new.log_level != current.log_level:
+            log.configure(new.log_level)
+        await reload(app, new)
+
+
+async def serve(config: Config, *, config_path: str | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then drain: readiness 503, keep serving, wait for in-flight.
+
+    SIGHUP re-reads ``config_path`` (when given) and swaps to it if it is valid."""
     logger = structlog.get_logger("workspace_proxy")
     app = create_app(config)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown.grace_s)
@@ -141,6 +164,11 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    hangup = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, hangup.set)
+    reloader = (
+        loop.create_task(_reload_on_hangup(app, config_path, hangup)) if config_path else None
+    )
     try:
         await web.TCPSite(runner, config.listen.host, config.listen.port).start()
         await web.TCPSite(admin, config.admin.host, config.admin.port).start()
@@ -156,6 +184,9 @@ async def serve(config: Config) -> None:
         app[DRAINING][0] = True
         await asyncio.sleep(config.shutdown.drain_s)
     finally:
+        if reloader is not None:
+            reloader.cancel()
+            await asyncio.gather(reloader, return_exceptions=True)
         await runner.cleanup()
         await admin.cleanup()
         logger.info("stopped")

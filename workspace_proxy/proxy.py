@@ -7,6 +7,7 @@ replayed once after Looker rejects the team's session (401) and a fresh one is p
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from workspace_proxy.auth import CallerAuth, Principal
+from workspace_proxy.auth import CallerAuth
 from workspace_proxy.config import WORKSPACES, Config, TeamConfig
 from workspace_proxy.errors import (
     BadRequest,
@@ -56,22 +57,39 @@ class RequestInfo:
 INFO: Final = web.RequestKey("workspace_proxy_info", RequestInfo)
 
 
-@dataclass
-class ProxyState:
+@dataclass(frozen=True, slots=True)
+class View:
+    """Everything derived from one config; replaced as a whole on reload."""
+
     config: Config
     auth: CallerAuth
     sessions: TokenManager
+    forward_timeout: aiohttp.ClientTimeout
+    ssl: ssl.SSLContext | bool
+
+    @classmethod
+    def build(cls, config: Config, auth: CallerAuth, sessions: TokenManager) -> View:
+        timeouts = config.looker.timeouts
+        return cls(
+            config=config,
+            auth=auth,
+            sessions=sessions,
+            forward_timeout=aiohttp.ClientTimeout(
+                total=None, connect=timeouts.connect_s, sock_read=timeouts.read_s
+            ),
+            ssl=config.looker.ssl_context(),
+        )
+
+
+@dataclass(slots=True)
+class ProxyState:
+    """App-lifetime state. ``view`` is swapped in one assignment, so each request sees one config
+    from start to end (it takes ``state.view`` once)."""
+
+    view: View
     http: aiohttp.ClientSession
     metrics: Metrics
     in_flight: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.forward_timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=self.config.looker.timeouts.connect_s,
-            sock_read=self.config.looker.timeouts.read_s,
-        )
-        self.ssl = self.config.looker.ssl_context()
 
 
 STATE: Final = web.AppKey("workspace_proxy_state", ProxyState)
@@ -87,23 +105,24 @@ def looker_error(
 
 async def handle(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
+    view = state.view  # one config for the whole request, even across a reload
     info = request[INFO]
-    route = classify(request.method, request.rel_url.raw_path, state.config.looker.api_versions)
+    route = classify(request.method, request.rel_url.raw_path, view.config.looker.api_versions)
     info.route = route.name
     if route.action is Action.NOT_FOUND:
         raise NotFound()
     if route.action is Action.LOGIN:
-        return await _login(request, state)
+        return await _login(request, view)
     if route.action is Action.VERSIONS:
-        return await _forward(request, state, route, None, None, body=None, replayable=True)
+        return await _forward(request, state, view, route, None, body=None, replayable=True)
     credentials = request.headers.getall("Authorization", ())
     if len(credentials) > 1:
         raise BadRequest("workspace-proxy: send exactly one Authorization header.")
-    principal = state.auth.verify(credentials[0] if credentials else None)
-    team = state.config.teams[principal.team]
+    principal = view.auth.verify(credentials[0] if credentials else None)
+    team = view.config.teams[principal.team]
     info.team = team.name
     if route.action is Action.LOGOUT:
-        state.auth.revoke(principal)
+        view.auth.revoke(principal)
         return web.Response(status=204)
     if route.action is Action.SUDO:
         raise Forbidden(
@@ -112,12 +131,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
         )
     with _concurrency_slot(state, team):
         if route.action is Action.PATCH_SESSION:
-            return await _patch_session(request, state, route, team)
-        body, replayable = await _request_body(request, state.config)
-        return await _forward(request, state, route, team, principal, body, replayable)
+            return await _patch_session(request, state, view, route, team)
+        body, replayable = await _request_body(request, view.config)
+        return await _forward(request, state, view, route, team, body, replayable)
 
 
-async def _login(request: web.Request, state: ProxyState) -> web.Response:
+async def _login(request: web.Request, view: View) -> web.Response:
     """The caller's own login: answered by the proxy with a proxy token, like Looker would."""
     form: dict[str, str] = {}
     if request.can_read_body:
@@ -127,12 +146,12 @@ async def _login(request: web.Request, state: ProxyState) -> web.Response:
         form = {k: v for k, v in posted.items() if isinstance(v, str)}
     client_id = form.get("client_id") or request.query.get("client_id")
     client_secret = form.get("client_secret") or request.query.get("client_secret")
-    issued = state.auth.login(client_id, client_secret)
+    issued = view.auth.login(client_id, client_secret)
     return web.json_response(issued.as_looker_json())
 
 
 async def _patch_session(
-    request: web.Request, state: ProxyState, route: Route, team: TeamConfig
+    request: web.Request, state: ProxyState, view: View, route: Route, team: TeamConfig
 ) -> web.StreamResponse:
     """Keep the pin: the team's own workspace is answered with the pinned session."""
     body = await _small_json(request)
@@ -157,7 +176,7 @@ async def _patch_session(
         )
     read = Route(Action.FORWARD, route.path, route.name)
     return await _forward(
-        request, state, read, team, None, body=None, replayable=True, method="GET"
+        request, state, view, read, team, body=None, replayable=True, method="GET"
     )
 
 
@@ -226,9 +245,9 @@ async def _stream_body(request: web.Request, limit: int) -> AsyncIterator[bytes]
 async def _forward(
     request: web.Request,
     state: ProxyState,
+    view: View,
     route: Route,
     team: TeamConfig | None,
-    principal: Principal | None,
     body: Any,
     replayable: bool,
     *,
@@ -236,9 +255,9 @@ async def _forward(
 ) -> web.StreamResponse:
     """Send under the team's pinned session (none for public routes) and stream the answer."""
     info = request[INFO]
-    sessions = state.sessions[team.name] if team is not None else None
+    sessions = view.sessions[team.name] if team is not None else None
     session = await sessions.get() if sessions is not None else None
-    upstream = await _send(request, state, route, session, body, method)
+    upstream = await _send(request, state, view, route, session, body, method)
     if upstream.status == 401 and sessions is not None and session is not None:
         upstream.release()
         session = await sessions.replace(session)
@@ -251,7 +270,7 @@ async def _forward(
             )
         info.replayed = True
         state.metrics.replays.labels(session.team).inc()
-        upstream = await _send(request, state, route, session, body, method)
+        upstream = await _send(request, state, view, route, session, body, method)
         if upstream.status == 401:
             upstream.release()
             raise SessionUnavailable(
@@ -263,6 +282,7 @@ async def _forward(
 async def _send(
     request: web.Request,
     state: ProxyState,
+    view: View,
     route: Route,
     session: PinnedSession | None,
     body: Any,
@@ -273,7 +293,7 @@ async def _send(
         info.session = f"{session.generation}:{session.fingerprint}"
     query = request.rel_url.raw_query_string
     url = URL(
-        state.config.looker.base_url + route.path + (f"?{query}" if query else ""), encoded=True
+        view.config.looker.base_url + route.path + (f"?{query}" if query else ""), encoded=True
     )
     headers = upstream_headers(
         request.headers,
@@ -290,8 +310,8 @@ async def _send(
         data=body,
         headers=headers,
         allow_redirects=False,
-        timeout=state.forward_timeout,
-        ssl=state.ssl,
+        timeout=view.forward_timeout,
+        ssl=view.ssl,
         auto_decompress=False,
     )
     if session is not None:

@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -147,11 +147,13 @@ class TeamSession:
             return await self._wait_for_flight("reauth", ignore_backoff=True)
         return await self.get()
 
-    async def close(self) -> None:
+    async def close(self, *, wait: bool = False) -> None:
+        """No new logins from now on; cancel a login under way, or let it finish (``wait``)."""
         self._closed = True
-        flight, self._flight = self._flight, None
+        flight = self._flight
         if flight is not None:
-            flight.cancel()
+            if not wait:
+                flight.cancel()
             await asyncio.gather(flight, return_exceptions=True)
 
     def _start_flight(self, reason: str) -> asyncio.Task[PinnedSession]:
@@ -256,9 +258,12 @@ class TokenManager:
         *,
         clock: Clock = time.monotonic,
         events: SessionEvents | None = None,
+        keep: Mapping[str, TeamSession] | None = None,
     ) -> None:
+        """``keep``: sessions of a previous manager to carry over (same team config)."""
+        keep = keep or {}
         self._sessions = {
-            name: TeamSession(team, source, retry, clock=clock, events=events)
+            name: keep.get(name) or TeamSession(team, source, retry, clock=clock, events=events)
             for name, team in teams.items()
         }
 
@@ -268,5 +273,33 @@ class TokenManager:
     def teams(self) -> list[TeamSession]:
         return list(self._sessions.values())
 
+    def reconfigured(
+        self,
+        teams: Mapping[str, TeamConfig],
+        source: SessionSource,
+        retry: Retry,
+        *,
+        same_looker: bool,
+        clock: Clock = time.monotonic,
+        events: SessionEvents | None = None,
+    ) -> tuple[TokenManager, list[TeamSession]]:
+        """A manager for a new config, and the sessions it no longer uses.
+
+        Teams whose settings (and Looker) are unchanged keep their pinned session; changed teams
+        get a new one, pinned on first use; removed teams' sessions are returned for closing.
+        """
+        keep = {
+            name: old
+            for name, old in self._sessions.items()
+            if same_looker and teams.get(name) == old.team
+        }
+        new = TokenManager(teams, source, retry, clock=clock, events=events, keep=keep)
+        retired = [old for name, old in self._sessions.items() if keep.get(name) is not old]
+        return new, retired
+
     async def close(self) -> None:
-        await asyncio.gather(*(s.close() for s in self._sessions.values()))
+        await close_all(self._sessions.values())
+
+
+async def close_all(sessions: Iterable[TeamSession], *, wait: bool = False) -> None:
+    await asyncio.gather(*(s.close(wait=wait) for s in sessions))
