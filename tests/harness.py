@@ -199,10 +199,10 @@ class ProxyProcess:
         if not listening.done():
             listening.set_exception(RuntimeError("proxy exited:\n" + "\n".join(self.lines)))
 
-    async def wait_for_event(self, event: str, wait_s: float = 10) -> None:
-        """Until a log line with ``"event": event`` has been printed."""
+    async def wait_for_event(self, event: str, wait_s: float = 10, *, count: int = 1) -> None:
+        """Until ``count`` log lines with ``"event": event`` have been printed."""
         async with asyncio.timeout(wait_s):
-            while not any(f'"{event}"' in line for line in self.lines):
+            while sum(f'"{event}"' in line for line in self.lines) < count:
                 await self._new_line.wait()
 
     async def stop(self, sig: int | None = signal.SIGTERM, wait_s: float = 30) -> int:

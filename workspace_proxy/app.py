@@ -29,7 +29,14 @@ from workspace_proxy.proxy import (
     handle,
     looker_error,
 )
-from workspace_proxy.tokens import Clock, TokenManager, close_all
+from workspace_proxy.tokens import (
+    Clock,
+    ProviderFactory,
+    SessionProvider,
+    TokenManager,
+    close_all,
+    local_sessions,
+)
 
 log = structlog.get_logger("workspace_proxy.access")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -37,6 +44,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CONFIG: Final = web.AppKey("workspace_proxy_config", Config)
 METRICS: Final = web.AppKey("workspace_proxy_metrics", Metrics)
 DRAINING: Final = web.AppKey("workspace_proxy_draining", list[bool])
+Providers = Callable[[aiohttp.ClientSession, Config, Clock, Metrics], ProviderFactory]
+PROVIDERS: Final = web.AppKey[Providers]("workspace_proxy_providers")
 _REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -117,13 +126,7 @@ def _resources(clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
         ) as http:
-            sessions = TokenManager(
-                config.teams,
-                LookerClient(http, config.looker),
-                config.looker.retry,
-                clock=clock,
-                events=app[METRICS],
-            )
+            sessions = TokenManager(config.teams, app[PROVIDERS](http, config, clock, app[METRICS]))
             state = ProxyState(
                 view=View.build(config, CallerAuth(config), sessions),
                 http=http,
@@ -146,15 +149,8 @@ async def reload(app: web.Application, config: Config, *, clock: Clock = time.mo
     state = app[STATE]
     old = state.view
     same_looker = config.looker == old.config.looker
-    source = LookerClient(state.http, config.looker)
-    sessions, retired = old.sessions.reconfigured(
-        config.teams,
-        source,
-        config.looker.retry,
-        same_looker=same_looker,
-        clock=clock,
-        events=state.metrics,
-    )
+    factory = app[PROVIDERS](state.http, config, clock, state.metrics)
+    sessions, retired = old.sessions.reconfigured(config.teams, factory, same_looker=same_looker)
     state.view = View.build(config, CallerAuth(config), sessions)
     log.info(
         "config_reloaded",
@@ -170,12 +166,29 @@ async def reload(app: web.Application, config: Config, *, clock: Clock = time.mo
     await close_all(retired, wait=True)
 
 
+def local_providers(
+    http: aiohttp.ClientSession, config: Config, clock: Clock, metrics: Metrics
+) -> ProviderFactory:
+    """Sessions logged in and pinned by this process (one process, or the broker)."""
+    return local_sessions(
+        LookerClient(http, config.looker), config.looker.retry, clock=clock, events=metrics
+    )
+
+
 def create_app(
-    config: Config, *, clock: Clock = time.monotonic, metrics: Metrics | None = None
+    config: Config,
+    *,
+    clock: Clock = time.monotonic,
+    metrics: Metrics | None = None,
+    providers: Providers = local_providers,
 ) -> web.Application:
-    """The proxy application for one validated config."""
-    app = web.Application(middlewares=[request_context, looker_errors], handler_args=None)
+    """The proxy application for one validated config.
+
+    ``providers`` decides where pinned sessions come from: this process (default) or, for
+    ``--workers``, the supervisor's session broker."""
+    app = web.Application(middlewares=[request_context, looker_errors])
     app[CONFIG] = config
+    app[PROVIDERS] = providers
     app[METRICS] = metrics or Metrics()
     app[DRAINING] = [False]
     app.cleanup_ctx.append(_resources(clock))
@@ -184,38 +197,48 @@ def create_app(
     return app
 
 
-def create_admin_app(proxy: web.Application) -> web.Application:
+def proxy_sessions(proxy: web.Application) -> Callable[[], list[SessionProvider] | None]:
+    """The proxy app's current team sessions (None until it has started)."""
+
+    def teams() -> list[SessionProvider] | None:
+        state = proxy.get(STATE)
+        return None if state is None else state.view.sessions.teams()
+
+    return teams
+
+
+def create_admin_app(
+    *,
+    sessions: Callable[[], list[SessionProvider] | None],
+    draining: list[bool],
+    metrics: Metrics,
+) -> web.Application:
     """Liveness, readiness (cached state only, never calls Looker) and Prometheus metrics."""
 
     async def live(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def ready(_: web.Request) -> web.Response:
-        if proxy[DRAINING][0]:
+        if draining[0]:
             return web.json_response({"status": "draining"}, status=503)
-        state = proxy.get(STATE)
-        if state is None:
+        teams = sessions()
+        if teams is None:
             return web.json_response({"status": "starting"}, status=503)
-        teams = {t.team.name: t.healthy for t in state.view.sessions.teams()}
-        ok = all(teams.values())
+        health = {t.team.name: t.healthy for t in teams}
+        ok = all(health.values())
         return web.json_response(
-            {"status": "ok" if ok else "degraded", "teams": teams}, status=200 if ok else 503
+            {"status": "ok" if ok else "degraded", "teams": health}, status=200 if ok else 503
         )
 
-    async def metrics(_: web.Request) -> web.Response:
-        state = proxy.get(STATE)
-        if state is not None:
-            now = time.monotonic()
-            for team in state.view.sessions.teams():
-                if team.current is not None:
-                    age = now - team.current.pinned_at
-                    proxy[METRICS].session_age.labels(team.team.name).set(age)
-        return web.Response(
-            body=proxy[METRICS].render(), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
+    async def render(_: web.Request) -> web.Response:
+        now = time.monotonic()
+        for team in sessions() or ():
+            if team.current is not None:
+                metrics.session_age.labels(team.team.name).set(now - team.current.pinned_at)
+        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     admin = web.Application()
     admin.router.add_get("/healthz", live)
     admin.router.add_get("/readyz", ready)
-    admin.router.add_get("/metrics", metrics)
+    admin.router.add_get("/metrics", render)
     return admin

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,10 +18,11 @@ import structlog
 from aiohttp import web
 
 from workspace_proxy import __version__
-from workspace_proxy.app import DRAINING, create_admin_app, create_app, reload
 from workspace_proxy.config import LOG_LEVELS, Config, Listen, load_config, summary
 from workspace_proxy.errors import ConfigError
-from workspace_proxy.proxy import STATE
+
+# Modules that import prometheus_client are imported inside functions: with --workers the
+# multiprocess metrics directory must be in the environment before prometheus_client loads.
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -39,6 +41,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="overrides listen.host")
     serve.add_argument("--port", type=int, help="overrides listen.port")
     serve.add_argument("--admin-port", type=int, help="overrides admin.port")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the port (SO_REUSEPORT); 0 means one per CPU core",
+    )
+    serve.add_argument("--broker", help=argparse.SUPPRESS)  # set by the supervisor for workers
 
     check = sub.add_parser("check-config", help="validate a config file and summarise it")
     check.add_argument("config", help="YAML config file")
@@ -121,18 +130,31 @@ def _serve(args: argparse.Namespace) -> int:
             port=config.admin.port if args.admin_port is None else args.admin_port,
         ),
     )
-    log.configure(config.log_level)
+    log.configure(config.log_level, static={"worker": os.getpid()} if args.broker else None)
+    workers = args.workers if args.workers > 0 else (os.cpu_count() or 1)
     try:
-        asyncio.run(serve(config, config_path=args.config))
+        if workers > 1 and not args.broker:
+            return _supervise(config, args.config, workers)
+        asyncio.run(serve(config, config_path=args.config, broker=args.broker))
     except OSError as exc:
         structlog.get_logger("workspace_proxy").error("cannot_listen", error=str(exc))
         return EXIT_FAILURE
     return EXIT_OK
 
 
+def _supervise(config: Config, config_path: str, workers: int) -> int:
+    from workspace_proxy import supervisor
+
+    runtime = supervisor.make_runtime_dir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(runtime, "metrics")
+    return supervisor.run(config, config_path=config_path, workers=workers, runtime=runtime)
+
+
 async def _reload_on_hangup(app: web.Application, path: str, hangup: asyncio.Event) -> None:
     """SIGHUP: re-read and validate the config; keep the old one (and say why) if it is invalid."""
     from workspace_proxy import log
+    from workspace_proxy.app import reload
+    from workspace_proxy.proxy import STATE
 
     logger = structlog.get_logger("workspace_proxy")
     while True:
@@ -150,14 +172,36 @@ async def _reload_on_hangup(app: web.Application, path: str, hangup: asyncio.Eve
         await reload(app, new)
 
 
-async def serve(config: Config, *, config_path: str | None = None) -> None:
+async def serve(
+    config: Config, *, config_path: str | None = None, broker: str | None = None
+) -> None:
     """Serve until SIGTERM/SIGINT, then drain: readiness 503, keep serving, wait for in-flight.
 
-    SIGHUP re-reads ``config_path`` (when given) and swaps to it if it is valid."""
+    SIGHUP re-reads ``config_path`` (when given) and swaps to it if it is valid. As a worker of
+    ``--workers`` (``broker`` set) sessions come from the supervisor, the port is shared and the
+    admin listener is the supervisor's."""
+    from workspace_proxy.app import (
+        DRAINING,
+        METRICS,
+        create_admin_app,
+        create_app,
+        local_providers,
+        proxy_sessions,
+    )
+    from workspace_proxy.broker import BrokerClient
+
     logger = structlog.get_logger("workspace_proxy")
-    app = create_app(config)
+    client = BrokerClient(broker, timeout_s=config.looker.retry.deadline_s + 5) if broker else None
+    app = create_app(config, providers=client or local_providers)
+    if client is not None:
+        app.on_cleanup.append(client.close)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown.grace_s)
-    admin = web.AppRunner(create_admin_app(app), access_log=None)
+    admin = web.AppRunner(
+        create_admin_app(
+            sessions=proxy_sessions(app), draining=app[DRAINING], metrics=app[METRICS]
+        ),
+        access_log=None,
+    )
     await runner.setup()
     await admin.setup()
     stop = asyncio.Event()
@@ -170,12 +214,16 @@ async def serve(config: Config, *, config_path: str | None = None) -> None:
         loop.create_task(_reload_on_hangup(app, config_path, hangup)) if config_path else None
     )
     try:
-        await web.TCPSite(runner, config.listen.host, config.listen.port).start()
-        await web.TCPSite(admin, config.admin.host, config.admin.port).start()
+        await web.TCPSite(
+            runner, config.listen.host, config.listen.port, reuse_port=client is not None
+        ).start()
+        if client is None:
+            await web.TCPSite(admin, config.admin.host, config.admin.port).start()
         logger.info(
             "listening",
             proxy=f"{config.listen.host}:{config.listen.port}",
-            admin=f"{config.admin.host}:{config.admin.port}",
+            admin=None if client else f"{config.admin.host}:{config.admin.port}",
+            worker=client is not None,
             teams={t.name: t.workspace for t in config.teams.values()},
             looker=config.looker.base_url,
         )

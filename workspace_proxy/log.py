@@ -55,13 +55,26 @@ def _redact(event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
 
 
 def configure(
-    level: str = "info", *, stream: TextIO | None = None, json: bool | None = None
+    level: str = "info",
+    *,
+    stream: TextIO | None = None,
+    json: bool | None = None,
+    static: dict[str, Any] | None = None,
 ) -> None:
-    """Configure structlog and route stdlib logging (aiohttp's) through the same pipeline."""
+    """Configure structlog and route stdlib logging (aiohttp's) through the same pipeline.
+
+    ``static`` fields are added to every line (a worker adds its pid)."""
     stream = stream or sys.stdout
     as_json = not stream.isatty() if json is None else json
+    fields = dict(static or {})
+
+    def add_static(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+        event.update(fields)
+        return event
+
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_static,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact_secrets,
@@ -77,7 +90,7 @@ def configure(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.WriteLoggerFactory(stream),  # one write per line
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(stream)

@@ -1,12 +1,17 @@
-"""Prometheus metrics with bounded labels (team, route name, status class, outcome kind).
+"""Prometheus metrics with bounded labels (team, route name, status code, outcome kind).
 
-Each app gets its own registry, so tests and reloads never collide on global state.
+Each app gets its own registry, so tests and reloads never collide on global state. With
+``--workers`` the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before this module is imported:
+every process then writes its values there and ``render()`` in the supervisor adds them up.
 """
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -35,6 +40,7 @@ class Metrics:
             "Requests being handled, by team.",
             ["team"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.session_events = Counter(
             "workspace_proxy_session_events",
@@ -54,10 +60,16 @@ class Metrics:
             "Age of each team's published pinned session.",
             ["team"],
             registry=r,
+            multiprocess_mode="livemax",
         )
 
     def session_event(self, team: str, event: str, outcome: str) -> None:
         self.session_events.labels(team, event, outcome).inc()
 
     def render(self) -> bytes:
+        directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if directory:
+            combined = CollectorRegistry()
+            MultiProcessCollector(combined, path=directory)  # type: ignore[no-untyped-call]
+            return generate_latest(combined)
         return generate_latest(self.registry)

@@ -247,42 +247,60 @@ def _again(exc: SessionUnavailable, retry_after: float) -> SessionUnavailable:
     return type(exc)(exc.reason, retry_after=retry_after, kind=exc.kind)
 
 
+class SessionProvider(Protocol):
+    """One team's pinned session: TeamSession here, or a worker's view of the broker's."""
+
+    @property
+    def team(self) -> TeamConfig: ...
+    @property
+    def current(self) -> PinnedSession | None: ...
+    @property
+    def healthy(self) -> bool: ...
+    async def get(self) -> PinnedSession: ...
+    async def replace(self, stale: PinnedSession) -> PinnedSession: ...
+    async def close(self, *, wait: bool = False) -> None: ...
+
+
+ProviderFactory = Callable[[TeamConfig], SessionProvider]
+
+
+def local_sessions(
+    source: SessionSource,
+    retry: Retry,
+    *,
+    clock: Clock = time.monotonic,
+    events: SessionEvents | None = None,
+) -> ProviderFactory:
+    """Sessions logged in and pinned by this process."""
+    return lambda team: TeamSession(team, source, retry, clock=clock, events=events)
+
+
 class TokenManager:
     """All teams' sessions. Teams are looked up by name; unknown names are a programming error."""
 
     def __init__(
         self,
         teams: Mapping[str, TeamConfig],
-        source: SessionSource,
-        retry: Retry,
+        factory: ProviderFactory,
         *,
-        clock: Clock = time.monotonic,
-        events: SessionEvents | None = None,
-        keep: Mapping[str, TeamSession] | None = None,
+        keep: Mapping[str, SessionProvider] | None = None,
     ) -> None:
         """``keep``: sessions of a previous manager to carry over (same team config)."""
         keep = keep or {}
-        self._sessions = {
-            name: keep.get(name) or TeamSession(team, source, retry, clock=clock, events=events)
-            for name, team in teams.items()
-        }
+        self._sessions = {name: keep.get(name) or factory(team) for name, team in teams.items()}
 
-    def __getitem__(self, team: str) -> TeamSession:
+    def __getitem__(self, team: str) -> SessionProvider:
         return self._sessions[team]
 
-    def teams(self) -> list[TeamSession]:
+    def get(self, team: str) -> SessionProvider | None:
+        return self._sessions.get(team)
+
+    def teams(self) -> list[SessionProvider]:
         return list(self._sessions.values())
 
     def reconfigured(
-        self,
-        teams: Mapping[str, TeamConfig],
-        source: SessionSource,
-        retry: Retry,
-        *,
-        same_looker: bool,
-        clock: Clock = time.monotonic,
-        events: SessionEvents | None = None,
-    ) -> tuple[TokenManager, list[TeamSession]]:
+        self, teams: Mapping[str, TeamConfig], factory: ProviderFactory, *, same_looker: bool
+    ) -> tuple[TokenManager, list[SessionProvider]]:
         """A manager for a new config, and the sessions it no longer uses.
 
         Teams whose settings (and Looker) are unchanged keep their pinned session; changed teams
@@ -293,7 +311,7 @@ class TokenManager:
             for name, old in self._sessions.items()
             if same_looker and teams.get(name) == old.team
         }
-        new = TokenManager(teams, source, retry, clock=clock, events=events, keep=keep)
+        new = TokenManager(teams, factory, keep=keep)
         retired = [old for name, old in self._sessions.items() if keep.get(name) is not old]
         return new, retired
 
@@ -301,5 +319,5 @@ class TokenManager:
         await close_all(self._sessions.values())
 
 
-async def close_all(sessions: Iterable[TeamSession], *, wait: bool = False) -> None:
+async def close_all(sessions: Iterable[SessionProvider], *, wait: bool = False) -> None:
     await asyncio.gather(*(s.close(wait=wait) for s in sessions))

@@ -1,0 +1,86 @@
+"""`serve --workers N`: processes share the port and one pinned session per team."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+
+import aiohttp
+import pytest
+import yaml
+from harness import ProxyProcess, assert_every_call_pinned, raw_config
+
+from workspace_proxy.emulator import LookerEmulator
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def _login(http: aiohttp.ClientSession, url: str, team: str) -> str:
+    form = {"client_id": f"{team}-caller", "client_secret": f"{team}-caller-secret"}
+    async with http.post(f"{url}/api/4.0/login", data=form) as resp:
+        assert resp.status == 200
+        return str((await resp.json())["access_token"])
+
+
+async def test_workers_share_the_port_and_one_login_per_team(
+    looker: LookerEmulator, tmp_path: Path
+) -> None:
+    """2 workers, 200 cold concurrent calls on new connections: both serve, one login per team."""
+    proc = await ProxyProcess.start(raw_config(looker.base_url), tmp_path, "--workers", "2")
+    try:
+        await proc.wait_for_event("listening", count=2)
+        async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(force_close=True, limit=0)
+        ) as http:
+            tokens = {t: await _login(http, proc.url, t) for t in ("analytics", "finance")}
+            looker.faults.hold_login = asyncio.Event()
+
+            async def one(i: int) -> int:
+                team = "analytics" if i % 2 else "finance"
+                headers = {"Authorization": f"token {tokens[team]}"}
+                async with http.get(f"{proc.url}/api/4.0/user", headers=headers) as resp:
+                    await resp.read()
+                    return resp.status
+
+            calls = asyncio.gather(*(one(i) for i in range(200)))
+            await looker.login_started.wait()
+            looker.faults.hold_login.set()
+            assert await calls == [200] * 200
+            async with http.get(f"{proc.admin_url}/readyz") as resp:
+                assert resp.status == 200
+            async with http.get(f"{proc.admin_url}/metrics") as resp:
+                metrics = await resp.text()
+        assert await proc.stop() == 0
+    finally:
+        await proc.kill()
+    assert (looker.logins, looker.session_patches) == (2, 2)
+    assert assert_every_call_pinned(looker) == 200
+    workers = {e["worker"] for e in proc.events() if e["event"] == "request"}
+    assert len(workers) == 2, "both workers served requests"
+    served = 'workspace_proxy_requests_total{route="user",status="200",team="analytics"} 100.0'
+    assert served in metrics, "metrics add up over the workers"
+
+
+async def test_workers_reload_on_sighup(looker: LookerEmulator, tmp_path: Path) -> None:
+    """SIGHUP to the supervisor reloads it and every worker; the new workspace is pinned."""
+    raw = raw_config(looker.base_url, teams=("marketing",))
+    proc = await ProxyProcess.start(raw, tmp_path, "--workers", "2")
+    try:
+        await proc.wait_for_event("listening", count=2)
+        async with aiohttp.ClientSession() as http:
+            token = await _login(http, proc.url, "marketing")
+            headers = {"Authorization": f"token {token}"}
+            async with http.get(f"{proc.url}/api/4.0/session", headers=headers) as resp:
+                assert (await resp.json())["workspace_id"] == "dev"
+            raw["teams"]["marketing"]["workspace"] = "production"
+            (tmp_path / "proxy.yaml").write_text(yaml.safe_dump(raw))
+            proc.proc.send_signal(signal.SIGHUP)
+            await proc.wait_for_event("config_reloaded", count=3)
+            for _ in range(4):
+                async with http.get(f"{proc.url}/api/4.0/session", headers=headers) as resp:
+                    assert (await resp.json())["workspace_id"] == "production"
+        assert await proc.stop() == 0
+    finally:
+        await proc.kill()
+    assert (looker.logins, looker.session_patches) == (2, 2)

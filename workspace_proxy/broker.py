@@ -1,0 +1,193 @@
+"""Session broker: with ``--workers N`` the supervisor owns the pinned sessions, workers ask it.
+
+Looker logins stay single-flight across all worker processes (N workers, one login and one PATCH
+per team). The supervisor serves a tiny JSON API on a Unix socket in a private (0700) directory;
+each worker keeps the answer until its refresh time and asks again after a 401, naming the
+generation Looker rejected so the broker re-pins at most once per session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+import aiohttp
+from aiohttp import web
+
+from workspace_proxy.config import Config, Secret, TeamConfig
+from workspace_proxy.errors import SessionUnavailable
+from workspace_proxy.metrics import Metrics
+from workspace_proxy.tokens import Clock, PinnedSession, ProviderFactory, TokenManager
+
+_RECHECK_S: Final = 1.0
+"""After the broker's refresh time, a worker asks at most this often until a new session lands."""
+
+Manager = Callable[[], TokenManager]
+
+
+def create_broker_app(manager: Manager, *, clock: Clock = time.monotonic) -> web.Application:
+    """The broker's API, served by the supervisor on its Unix socket."""
+
+    async def session(request: web.Request) -> web.Response:
+        provider = manager().get(request.match_info["team"])
+        if provider is None:
+            return web.json_response(
+                {"kind": "unknown_team", "reason": "the team is not configured", "retry_after": 1},
+                status=404,
+            )
+        body = await request.json() if request.can_read_body else {}
+        stale = body.get("stale") if isinstance(body, dict) else None
+        try:
+            current = provider.current
+            if stale is not None and current is not None and current.generation == stale:
+                pinned = await provider.replace(current)
+            else:
+                pinned = await provider.get()
+        except SessionUnavailable as exc:
+            return web.json_response(
+                {"kind": exc.kind, "reason": exc.reason, "retry_after": exc.retry_after},
+                status=503,
+            )
+        now = clock()
+        return web.json_response(
+            {
+                "token": pinned.token.reveal(),
+                "workspace": pinned.workspace,
+                "generation": pinned.generation,
+                "fingerprint": pinned.fingerprint,
+                "refresh_in": pinned.refresh_at - now,
+                "usable_for": pinned.usable_until - now,
+            }
+        )
+
+    app = web.Application()
+    app.router.add_post("/teams/{team}/session", session)
+    return app
+
+
+class RemoteTeamSession:
+    """A worker's view of one team's session held by the broker (a SessionProvider)."""
+
+    def __init__(self, team: TeamConfig, client: BrokerClient, clock: Clock) -> None:
+        self._team = team
+        self._client = client
+        self._clock = clock
+        self._current: PinnedSession | None = None
+        self._next_check = 0.0
+        self._flight: asyncio.Task[PinnedSession] | None = None
+        self._failed = False
+
+    @property
+    def team(self) -> TeamConfig:
+        return self._team
+
+    @property
+    def current(self) -> PinnedSession | None:
+        return self._current
+
+    @property
+    def healthy(self) -> bool:
+        return not self._failed
+
+    async def get(self) -> PinnedSession:
+        s, now = self._current, self._clock()
+        if s is not None and now < s.usable_until:
+            if now >= max(s.refresh_at, self._next_check) and self._flight is None:
+                self._fetch(None)  # the broker refreshes; keep serving the pinned session
+            return s
+        return await self._wait(None)
+
+    async def replace(self, stale: PinnedSession) -> PinnedSession:
+        if self._current is stale:
+            self._current = None
+            return await self._wait(stale.generation)
+        return await self.get()
+
+    async def close(self, *, wait: bool = False) -> None:
+        flight = self._flight
+        if flight is not None:
+            if not wait:
+                flight.cancel()
+            await asyncio.gather(flight, return_exceptions=True)
+
+    def _fetch(self, stale: int | None) -> asyncio.Task[PinnedSession]:
+        flight = asyncio.get_running_loop().create_task(self._ask(stale))
+        flight.add_done_callback(self._done)
+        self._flight = flight
+        return flight
+
+    def _done(self, flight: asyncio.Task[PinnedSession]) -> None:
+        if self._flight is flight:
+            self._flight = None
+        if not flight.cancelled():
+            self._failed = flight.exception() is not None
+
+    async def _wait(self, stale: int | None) -> PinnedSession:
+        flight = self._flight or self._fetch(stale)
+        return await asyncio.shield(flight)
+
+    async def _ask(self, stale: int | None) -> PinnedSession:
+        answer = await self._client.ask(self._team.name, stale)
+        now = self._clock()
+        previous = self._current
+        if previous is not None and previous.generation == answer["generation"]:
+            self._next_check = now + _RECHECK_S
+            return previous
+        session = PinnedSession(
+            token=Secret(answer["token"]),
+            team=self._team.name,
+            workspace=answer["workspace"],
+            generation=answer["generation"],
+            fingerprint=answer["fingerprint"],
+            pinned_at=now,
+            refresh_at=now + answer["refresh_in"],
+            usable_until=now + answer["usable_for"],
+        )
+        if session.workspace != self._team.workspace:
+            # The broker pins by the supervisor's config; a worker that has not reloaded yet
+            # must not forward under another workspace.
+            raise SessionUnavailable(
+                "the configuration is being reloaded", retry_after=1.0, kind="reloading"
+            )
+        self._current = session
+        return session
+
+
+class BrokerClient:
+    """Talks to the broker over its Unix socket; a Providers callable for ``create_app``."""
+
+    def __init__(self, socket_path: str, *, timeout_s: float) -> None:
+        self._path = socket_path
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._http: aiohttp.ClientSession | None = None
+
+    def __call__(
+        self, http: aiohttp.ClientSession, config: Config, clock: Clock, metrics: Metrics
+    ) -> ProviderFactory:
+        return lambda team: RemoteTeamSession(team, self, clock)
+
+    async def ask(self, team: str, stale: int | None) -> dict[str, Any]:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=self._path))
+        try:
+            async with self._http.post(
+                f"http://broker/teams/{team}/session", json={"stale": stale}, timeout=self._timeout
+            ) as resp:
+                body = await resp.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            raise SessionUnavailable(
+                "the supervisor's session broker did not answer", retry_after=1.0, kind="broker"
+            ) from None
+        if resp.status != 200:
+            raise SessionUnavailable(
+                str(body.get("reason", "unavailable")),
+                retry_after=float(body.get("retry_after", 1.0)),
+                kind=str(body.get("kind", "broker")),
+            )
+        return dict(body)
+
+    async def close(self, _: web.Application | None = None) -> None:
+        if self._http is not None:
+            await self._http.close()
