@@ -55,6 +55,7 @@ def _make_proxy(aiohttp_client: AiohttpClient) -> MakeProxy:
 
     async def make(
         looker: LookerEmulator,
+        /,
         *,
         clock: Callable[[], float] | None = None,
         env_overrides: dict[str, str] | None = None,

@@ -18,7 +18,7 @@ import structlog
 from aiohttp import web
 
 from workspace_proxy import __version__
-from workspace_proxy.config import LOG_LEVELS, Config, Listen, load_config, summary
+from workspace_proxy.config import LOG_LEVELS, Config, load_config, summary
 from workspace_proxy.errors import ConfigError
 
 # Modules that import prometheus_client are imported inside functions: with --workers the
@@ -121,13 +121,13 @@ def _serve(args: argparse.Namespace) -> int:
     config = dataclasses.replace(
         config,
         log_level=args.log_level or config.log_level,
-        listen=Listen(
+        listen=dataclasses.replace(
+            config.listen,
             host=args.host or config.listen.host,
             port=config.listen.port if args.port is None else args.port,
         ),
-        admin=Listen(
-            host=config.admin.host,
-            port=config.admin.port if args.admin_port is None else args.admin_port,
+        admin=dataclasses.replace(
+            config.admin, port=config.admin.port if args.admin_port is None else args.admin_port
         ),
     )
     log.configure(config.log_level, static={"worker": os.getpid()} if args.broker else None)
@@ -215,10 +215,16 @@ async def serve(
     )
     try:
         await web.TCPSite(
-            runner, config.listen.host, config.listen.port, reuse_port=client is not None
+            runner,
+            config.listen.host,
+            config.listen.port,
+            reuse_port=client is not None,
+            ssl_context=config.listen.ssl_context(),
         ).start()
         if client is None:
-            await web.TCPSite(admin, config.admin.host, config.admin.port).start()
+            await web.TCPSite(
+                admin, config.admin.host, config.admin.port, ssl_context=config.admin.ssl_context()
+            ).start()
         logger.info(
             "listening",
             proxy=f"{config.listen.host}:{config.listen.port}",

@@ -88,9 +88,25 @@ class LookerConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Tls:
+    cert_file: str
+    key_file: str
+
+    def server_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Listen:
     host: str = "127.0.0.1"
     port: int = 8080
+    tls: Tls | None = None
+    """Serve HTTPS with this certificate chain and key (PEM files)."""
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return None if self.tls is None else self.tls.server_context()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -308,6 +324,12 @@ def _looker(raw: object, problems: _Problems) -> LookerConfig | None:
     if ca_file is not None and (not isinstance(ca_file, str) or not _readable(ca_file)):
         problems.add(_join(path, "ca_file"), f"cannot read CA bundle {ca_file!r}")
         ca_file = None
+    elif ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=ca_file)
+        except (ssl.SSLError, ValueError) as exc:
+            problems.add(_join(path, "ca_file"), f"is not a PEM CA bundle: {exc}")
+            ca_file = None
     if not isinstance(base_url, str):
         return None
     return LookerConfig(
@@ -526,12 +548,32 @@ def parse_config(raw: object, *, env: Env | None = None, source: str = "<memory>
 
 
 def _listen(raw: object, path: str, default: Listen, problems: _Problems) -> Listen:
-    data = _mapping(raw, path, {"host", "port"}, problems)
+    data = _mapping(raw, path, {"host", "port", "tls"}, problems)
     host = data.get("host", default.host)
     if not isinstance(host, str) or not host:
         problems.add(_join(path, "host"), "must be a host name or address")
         host = default.host
-    return Listen(host=host, port=_port(data, path, default.port, problems))
+    tls = _tls(data["tls"], _join(path, "tls"), problems) if data.get("tls") is not None else None
+    return Listen(host=host, port=_port(data, path, default.port, problems), tls=tls)
+
+
+def _tls(raw: object, path: str, problems: _Problems) -> Tls | None:
+    keys = frozenset({"cert_file", "key_file"})
+    data = _mapping(raw, path, keys, problems, required=keys)
+    files = {k: data.get(k) for k in sorted(keys)}
+    for key, value in files.items():
+        if key in data and (not isinstance(value, str) or not _readable(value)):
+            problems.add(_join(path, key), f"cannot read {value!r}")
+            return None
+    if len(data) != len(keys):
+        return None
+    tls = Tls(cert_file=str(files["cert_file"]), key_file=str(files["key_file"]))
+    try:
+        tls.server_context()
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        problems.add(path, f"certificate and key do not load: {exc.__class__.__name__}: {exc}")
+        return None
+    return tls
 
 
 def _port(raw: Mapping[str, Any], path: str, default: int, problems: _Problems) -> int:

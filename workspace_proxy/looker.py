@@ -180,6 +180,9 @@ async def _json_body(
 
 
 def _unreachable(error: type[SessionUnavailable], what: str, exc: BaseException) -> Exception:
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        reason = f"Looker's TLS certificate did not verify for {what} (see looker.ca_file)"
+        return error(reason, retry_after=0.0, kind="tls")
     timeout = isinstance(exc, TimeoutError | asyncio.TimeoutError)
     reason = f"{what} to Looker timed out" if timeout else f"Looker is unreachable for {what}"
     return error(reason, retry_after=0.0, kind="timeout" if timeout else "unreachable")

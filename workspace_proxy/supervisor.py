@@ -133,7 +133,12 @@ class Supervisor:
             try:
                 await web.UnixSite(broker, self.socket).start()
                 os.chmod(self.socket, 0o600)
-                await web.TCPSite(admin, self.config.admin.host, self.config.admin.port).start()
+                await web.TCPSite(
+                    admin,
+                    self.config.admin.host,
+                    self.config.admin.port,
+                    ssl_context=self.config.admin.ssl_context(),
+                ).start()
                 log.info(
                     "supervising",
                     workers=self.workers,

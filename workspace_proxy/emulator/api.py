@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from . import content
-from .content import DEV, WORKSPACES, Json, Query
+from .content import DEV, WORKSPACES, Json, Query, QueryTask
 from .model import token_fingerprint
 from .state import GitError, Session
 
@@ -373,6 +373,7 @@ async def create_query(call: Call) -> web.StreamResponse:
         message = f"Model '{model}' not found in the {workspace} workspace"
         raise validation_error("model", "not_found", message)
     limit = body.get("limit")
+    filter_expression = optional_str(body, "filter_expression")
     filters = body.get("filters") or {}
     if not isinstance(filters, dict) or not all(isinstance(v, str) for v in filters.values()):
         raise validation_error("filters", "invalid", "filters must map field names to strings")
@@ -386,6 +387,7 @@ async def create_query(call: Call) -> web.StreamResponse:
         sorts=str_list(body, "sorts"),
         slug=secrets.token_hex(4)[:7],
         client_id=secrets.token_hex(11),
+        filter_expression=filter_expression or None,
     )
     call.emu.queries[query.id] = query
     return ok(call, content.query(query, call.origin))
@@ -457,6 +459,112 @@ async def stream(
         # close() flushes what was written, then drops the connection before the last chunk.
         call.request.transport.close()
     return response
+
+
+# --- query tasks ----------------------------------------------------------------------------
+
+
+async def create_query_task(call: Call) -> web.StreamResponse:
+    """Runs the query in the session's workspace (production with ?force_production=true)."""
+    session = call.authenticate()
+    body = await json_object(call.request)
+    query_id, result_format = optional_str(body, "query_id"), optional_str(body, "result_format")
+    if not query_id:
+        raise validation_error("query_id", "missing", "query_id is required")
+    if not result_format:
+        raise validation_error("result_format", "missing", "result_format is required")
+    if result_format not in content.RESULT_FORMATS:
+        message = f"result_format must be one of {', '.join(content.RESULT_FORMATS)}"
+        raise validation_error("result_format", "invalid", message)
+    if result_format not in content.TASK_FORMATS:
+        raise ApiError(400, f"Unsupported result format '{result_format}'")
+    query = call.emu.queries.get(query_id)
+    if query is None:
+        raise ApiError(404, "Not found")
+    forced = call.request.query.get("force_production", "").lower() == "true"
+    workspace = content.PRODUCTION if forced else session.workspace
+    task = QueryTask(
+        id=secrets.token_hex(16),
+        query_id=query.id,
+        user_id=session.user.id,
+        workspace=workspace,
+        result_format=result_format,
+        force_production=forced,
+        polls_left=call.emu.query_task_polls,
+        error=content.compile_error(query, workspace),
+    )
+    call.emu.query_tasks[task.id] = task
+    return ok(call, content.query_task(task, query, call.origin))
+
+
+def own_task(call: Call, task_id: str) -> QueryTask | None:
+    """The caller's query task of that id; other users' tasks are not theirs to see."""
+    task = call.emu.query_tasks.get(task_id)
+    return task if task is not None and task.user_id == call.authenticate().user.id else None
+
+
+async def query_task(call: Call) -> web.StreamResponse:
+    task = own_task(call, call.params["query_task_id"])
+    if task is None:
+        raise ApiError(404, "Not found")
+    task.observe()
+    return ok(call, content.query_task(task, call.emu.queries[task.query_id], call.origin))
+
+
+async def query_task_results(call: Call) -> web.StreamResponse:
+    """The result once complete; 202 while running; a failed run is a 400 with its message."""
+    task = own_task(call, call.params["query_task_id"])
+    if task is None:
+        raise ApiError(404, "Not found")
+    task.observe()
+    result = content.task_result(task, call.emu.queries[task.query_id])
+    if result["status"] == "error" and task.result_format != "json_detail":
+        raise ApiError(400, task.error or reason(400))
+    if result["status"] in ("complete", "error"):
+        data = result["data"]
+        if isinstance(data, str):
+            return web.Response(text=data, content_type="text/plain")
+        return web.json_response(data)
+    if result["status"] == "killed":
+        raise ApiError(404, "Not found")
+    return web.Response(status=202, text="", content_type="text/plain")  # not finished yet
+
+
+async def query_task_multi_results(call: Call) -> web.StreamResponse:
+    """Task id -> {status[, data]}; ids that are not the caller's are "missing"."""
+    call.authenticate()
+    ids = [i for raw in call.request.query.getall("query_task_ids", ()) for i in raw.split(",")]
+    ids = [i.strip() for i in ids if i.strip()]
+    if not ids:
+        raise ApiError(400, "query_task_ids is required")
+    out: Json = {}
+    for task_id in ids:
+        task = own_task(call, task_id)
+        if task is None:
+            out[task_id] = {"status": "missing"}
+        else:
+            task.observe()
+            out[task_id] = content.task_result(task, call.emu.queries[task.query_id])
+    return web.json_response(out)
+
+
+async def all_running_queries(call: Call) -> web.StreamResponse:
+    user = call.authenticate().user
+    running = [
+        content.running_query(task, call.emu.queries[task.query_id], call.origin)
+        for task in call.emu.query_tasks.values()
+        if task.user_id == user.id and task.status in ("added", "running")
+    ]
+    return ok(call, running)
+
+
+async def kill_query(call: Call) -> web.StreamResponse:
+    """Kills a query task still added or running; a finished or unknown one is 404."""
+    task = own_task(call, call.params["query_task_id"])
+    if task is None or task.status not in ("added", "running"):
+        raise ApiError(404, "Not found")
+    task.status = "killed"
+    return web.Response(status=204)
 
 
 # --- projects --------------------------------------------------------------------------------
@@ -558,6 +666,12 @@ ROUTES: tuple[Route, ...] = (
     route("POST", "/queries", create_query),
     route("GET", "/queries/{query_id}", get_query),
     route("GET", "/queries/{query_id}/run/{result_format}", run_query),
+    route("POST", "/query_tasks", create_query_task),
+    route("GET", "/query_tasks/multi_results", query_task_multi_results),
+    route("GET", "/query_tasks/{query_task_id}", query_task),
+    route("GET", "/query_tasks/{query_task_id}/results", query_task_results),
+    route("GET", "/running_queries", all_running_queries),
+    route("DELETE", "/running_queries/{query_task_id}", kill_query),
     route("GET", "/projects", all_projects),
     route("GET", _P, project),
     route("GET", f"{_P}/git_branch", git_branch),

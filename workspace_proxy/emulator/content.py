@@ -63,6 +63,34 @@ class Query:
     sorts: tuple[str, ...] = ()
     slug: str = ""
     client_id: str = ""
+    filter_expression: str | None = None
+
+
+@dataclass
+class QueryTask:
+    """An async run of a query (POST /query_tasks), bound to the workspace it was created in.
+
+    It reports "added", then "running" for `polls_left` status reads, then its result."""
+
+    id: str
+    query_id: str
+    user_id: str
+    workspace: str
+    result_format: str
+    force_production: bool = False
+    polls_left: int = 0
+    status: str = "added"
+    error: str | None = None
+
+    def observe(self) -> str:
+        """A status read: "running" while `polls_left`, then "complete" or "error"."""
+        if self.status in ("added", "running"):
+            if self.polls_left > 0:
+                self.polls_left -= 1
+                self.status = "running"
+            else:
+                self.status = "complete" if self.error is None else "error"
+        return self.status
 
 
 @dataclass
@@ -208,18 +236,49 @@ def explore(model: LookmlModel, name: str, workspace: str) -> Json | None:
     if name not in _explores(model, workspace):
         return None
 
-    def dimension(column: str, kind: str) -> Json:
-        return {"name": f"{name}.{column}", "type": kind, "sql": f"${{TABLE}}.{column}"}
-
     return {
         "id": f"{model.name}::{name}",
         "name": name,
         "model_name": model.name,
         "label": tag(name.replace("_", " ").title(), workspace),
         "fields": {
-            "dimensions": [dimension("id", "number"), dimension("created_date", "date")],
-            "measures": [{"name": f"{name}.count", "type": "count", "sql": ""}],
+            "dimensions": [
+                explore_field(model, name, column, kind, workspace) for column, kind in _DIMENSIONS
+            ],
+            "measures": [explore_field(model, name, "count", "count", workspace)],
+            "filters": [],
+            "parameters": [],
         },
+    }
+
+
+_DIMENSIONS = (("id", "number"), ("created_date", "date"))
+
+
+def explore_field(model: LookmlModel, view: str, column: str, kind: str, workspace: str) -> Json:
+    """LookmlModelExploreField: a dimension, or the measure when kind is "count"."""
+    measure = kind == "count"
+    label = tag(column.replace("_", " ").title(), workspace)
+    source = f"{view}.view.lkml"
+    return {
+        "name": f"{view}.{column}",
+        "label": f"{view.replace('_', ' ').title()} {label}",
+        "label_short": label,
+        "view": view,
+        "view_label": view.replace("_", " ").title(),
+        "category": "measure" if measure else "dimension",
+        "measure": measure,
+        "type": kind,
+        "is_numeric": kind in ("number", "count"),
+        "is_timeframe": kind == "date",
+        "primary_key": column == "id",
+        "hidden": False,
+        "tags": [],
+        "sql": "" if measure else f"${{TABLE}}.{column}",
+        "project_name": model.project,
+        "source_file": source,
+        "source_file_path": f"{model.project}/{source}",
+        "lookml_link": f"/projects/{model.project}/files/{source}?line=1",
     }
 
 
@@ -265,6 +324,7 @@ def query(item: Query, origin: str) -> Json:
         "limit": item.limit,
         "filters": item.filters,
         "sorts": list(item.sorts),
+        "filter_expression": item.filter_expression,
         "slug": item.slug,
         "client_id": item.client_id,
         "share_url": f"{origin}/x/{item.client_id}",
@@ -302,7 +362,112 @@ def table(item: Query, workspace: str, rows: int, sep: str) -> bytes:
 def sql(item: Query, workspace: str) -> str:
     selected = ", ".join(item.fields) or "*"
     limit = item.limit or "500"
-    return f"-- workspace: {workspace}\nSELECT {selected}\nFROM {item.view}\nLIMIT {limit}\n"
+    where = f"WHERE ({item.filter_expression})\n" if item.filter_expression else ""
+    return f"-- workspace: {workspace}\nSELECT {selected}\nFROM {item.view}\n{where}LIMIT {limit}\n"
+
+
+_CONSTANT_COMPARISON = re.compile(r"\s*(\d+)\s*=\s*(\d+)\s*")
+
+
+def selects_nothing(item: Query) -> bool:
+    """A filter expression that is a false constant comparison ("1=2", as spectacles sends)."""
+    match = _CONSTANT_COMPARISON.fullmatch(item.filter_expression or "")
+    return match is not None and int(match[1]) != int(match[2])
+
+
+# CreateQueryTask.result_format in the 4.0 spec, and the ones the emulator can produce.
+RESULT_FORMATS = (
+    "inline_json", "json", "json_detail", "json_fe", "json_bi", "csv", "html", "md", "txt",
+    "xlsx", "gsxml", "sql", "odc",
+)  # fmt: skip
+TASK_FORMATS = ("json", "json_detail", "json_bi", "csv", "txt", "sql")
+_FINISHED = ("complete", "error", "killed")
+
+
+def compile_error(item: Query, workspace: str) -> str | None:
+    """Why a query cannot run in a workspace (its model or explore is not there), or None."""
+    model = find_model(workspace, item.model)
+    if model is None or item.view not in _explores(model, workspace):
+        return f"Explore '{item.model}/{item.view}' not found in the {workspace} workspace"
+    return None
+
+
+def query_task(task: QueryTask, item: Query, origin: str) -> Json:
+    """QueryTask as POST and GET /query_tasks show it."""
+    return {
+        "id": task.id,
+        "query_id": task.query_id,
+        "query": query(item, origin),
+        "status": task.status,
+        "result_format": task.result_format,
+        "source": "api",
+        "cache": False,
+        "force_production": task.force_production,
+        "runtime": 0.01 if task.status in _FINISHED else None,
+        "can": {"show": True, "cancel": True},
+    }
+
+
+def result_fields(item: Query) -> Json:
+    """Field metadata of a result (json_bi `metadata.fields`, json_detail `fields`)."""
+    names = columns(item)[1:]
+
+    def meta(name: str) -> Json:
+        return {"name": name, "label": name.replace(".", " ").replace("_", " ").title()}
+
+    return {
+        "dimensions": [meta(n) for n in names if not n.endswith(".count")],
+        "measures": [meta(n) for n in names if n.endswith(".count")],
+        "table_calculations": [],
+        "pivots": [],
+    }
+
+
+def task_result(task: QueryTask, item: Query) -> Json:
+    """One value of GET /query_tasks/multi_results: the status, and the data once finished."""
+    status = task.status
+    if status not in ("complete", "error"):
+        return {"status": status}
+    text = sql(item, task.workspace)
+    data: Any
+    if status == "error":
+        if task.result_format == "json_bi":
+            metadata = {"fields": result_fields(item), "pivots": [], "sql": text}
+            data = {"metadata": metadata, "rows": [{"looker_error": task.error}]}
+        else:
+            error = {"message": task.error, "message_details": None, "sql_error_loc": None}
+            data = {"id": task.id, "runtime": 0.01, "sql": text, "errors": [error]}
+        return {"status": status, "data": data}
+    rows = json_rows(item, task.workspace, 0 if selects_nothing(item) else row_count(item.limit))
+    if task.result_format == "json_bi":
+        metadata = {"fields": result_fields(item), "pivots": [], "sql": text}
+        data = {"metadata": metadata, "rows": rows}
+    elif task.result_format == "json_detail":
+        data = {"id": task.id, "runtime": 0.01, "sql": text, "fields": result_fields(item)}
+        data["data"] = rows
+    elif task.result_format == "json":
+        data = rows
+    elif task.result_format == "sql":
+        data = text
+    else:
+        sep = "\t" if task.result_format == "txt" else ","
+        data = table(item, task.workspace, len(rows), sep).decode()
+    return {"status": status, "data": data}
+
+
+def running_query(task: QueryTask, item: Query, origin: str) -> Json:
+    """RunningQueries: one query task still being worked on."""
+    return {
+        "id": task.id,
+        "query_task_id": task.id,
+        "query_id": item.id,
+        "query": query(item, origin),
+        "source": "api",
+        "status": task.status,
+        "sql": sql(item, task.workspace),
+        "connection_name": "warehouse",
+        "can": {"show": True, "cancel": True},
+    }
 
 
 @functools.lru_cache(maxsize=8)

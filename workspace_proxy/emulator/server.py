@@ -1,6 +1,6 @@
 """LookerEmulator: a fake Looker served by a real aiohttp app.
 
-Holds the state (tokens, git, queries), the counters, the audit and the fault knobs;
+Holds the state (tokens, git, queries, query tasks), the counters, the audit and the fault knobs;
 api.py answers the requests, admin.py the out-of-process `/_emulator/*` namespace."""
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ class LookerEmulator:
         self.tokens = TokenStore(clock)
         self.git = GitState(self.users, content.PROJECTS)
         self.queries: dict[str, content.Query] = {}
+        self.query_tasks: dict[str, content.QueryTask] = {}
+        self.query_task_polls = 1  # status reads that say "running" before a task finishes
         self._release = asyncio.Event()
         self._arrival = asyncio.Event()
         self.app = web.Application()
