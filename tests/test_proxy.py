@@ -200,6 +200,23 @@ async def test_caller_patch_to_own_workspace_answers_with_pinned_session(
     assert looker.session_patches == 1
 
 
+async def test_patch_to_own_workspace_does_not_corrupt_the_next_call(
+    looker: LookerEmulator, proxy: Proxy
+) -> None:
+    """The GET that answers an own-workspace PATCH carries no body length; the pooled upstream
+    connection stays in sync, so the following calls (any team) are answered normally."""
+    tokens = {t: await proxy.login(t) for t in ("analytics", "finance")}
+    for _ in range(3):
+        resp = await proxy.call(
+            "PATCH", "/api/4.0/session", tokens["analytics"], json={"workspace_id": "dev"}
+        )
+        assert resp.status == 200
+        for team in ("analytics", "finance"):
+            resp = await proxy.call("GET", "/api/4.0/user", tokens[team])
+            assert resp.status == 200, await resp.text()
+    assert assert_every_call_pinned(looker) == 9
+
+
 async def test_caller_patch_with_invalid_workspace_gets_422(proxy: Proxy) -> None:
     """An invalid workspace id gets Looker's 422 ValidationError shape."""
     token = await proxy.login("analytics")

@@ -132,6 +132,15 @@ async def handle(request: web.Request) -> web.StreamResponse:
     with _concurrency_slot(state, team):
         if route.action is Action.PATCH_SESSION:
             return await _patch_session(request, state, view, route, team)
+        if (
+            route.action is Action.BRANCH_SWITCH
+            and team.git_branch
+            and not team.allow_branch_switch
+        ):
+            raise Forbidden(
+                f"workspace-proxy pins team {team.name!r} to branch {team.git_branch.name!r} of "
+                f"project {team.git_branch.project!r}; switching branches is not allowed."
+            )
         body, replayable = await _request_body(request, view.config)
         return await _forward(request, state, view, route, team, body, replayable)
 
@@ -301,7 +310,7 @@ async def _send(
         peer=request.remote,
         proto=request.scheme,
         host=request.host,
-        content_length=len(body) if isinstance(body, bytes) else request.content_length,
+        content_length=_length(body, request),
     )
     started = time.perf_counter()
     upstream = await state.http.request(
@@ -317,6 +326,14 @@ async def _send(
     if session is not None:
         state.metrics.upstream_latency.labels(session.team).observe(time.perf_counter() - started)
     return upstream
+
+
+def _length(body: Any, request: web.Request) -> int | None:
+    """Content-Length to send: a buffered body's own, none for no body (a PATCH answered with
+    a GET must not announce the PATCH's length), else the caller's for a streamed body."""
+    if body is None:
+        return None
+    return len(body) if isinstance(body, bytes) else request.content_length
 
 
 async def _stream_back(
