@@ -640,6 +640,190 @@ async def test_emulator_bytes_one_gib_with_flat_memory(
     assert grown_mib < 100
 
 
+# --- explore fields and query tasks (what spectacles sql calls) --------------------------------
+
+
+async def test_explore_fields_are_lookml_model_explore_fields(
+    http: aiohttp.ClientSession, looker: LookerEmulator
+) -> None:
+    """`?fields=fields` gives dimensions and measures with the keys spectacles reads."""
+    token = await login(http, looker)
+    path = f"{V4}/lookml_models/sales/explores/orders?fields=fields"
+    body = (await call(http, looker, "GET", path, token)).body
+    assert list(body) == ["fields"]
+    dimensions = body["fields"]["dimensions"]
+    assert [d["name"] for d in dimensions] == ["orders.id", "orders.created_date"]
+    first = dimensions[0]
+    assert (first["type"], first["category"], first["measure"], first["hidden"]) == (
+        "number",
+        "dimension",
+        False,
+        False,
+    )
+    assert (first["tags"], first["sql"]) == ([], "${TABLE}.id")
+    assert first["lookml_link"] == "/projects/sales/files/orders.view.lkml?line=1"
+    [count] = body["fields"]["measures"]
+    assert (count["name"], count["category"], count["measure"]) == ("orders.count", "measure", True)
+
+
+async def create_task(
+    http: aiohttp.ClientSession,
+    looker: LookerEmulator,
+    token: str,
+    query_id: str,
+    result_format: str = "json_bi",
+    params: str = "",
+) -> Reply:
+    body = {"query_id": query_id, "result_format": result_format}
+    return await call(http, looker, "POST", f"{V4}/query_tasks{params}", token, json=body)
+
+
+async def multi_results(
+    http: aiohttp.ClientSession, looker: LookerEmulator, token: str, *task_ids: str
+) -> Any:
+    path = f"{V4}/query_tasks/multi_results?query_task_ids={','.join(task_ids)}"
+    reply = await call(http, looker, "GET", path, token)
+    assert reply.status == 200, reply.body
+    return reply.body
+
+
+async def test_query_task_runs_then_completes_in_its_workspace(
+    http: aiohttp.ClientSession, looker: LookerEmulator
+) -> None:
+    """A task is "added", reads "running" once, then has json_bi rows of its own workspace."""
+    dev = await dev_token(http, looker)
+    query_id = (await create_query(http, looker, dev, limit=2)).body["id"]
+    created = await create_task(http, looker, dev, query_id, params="?fields=id&cache=false")
+    assert list(created.body) == ["id"]
+    task_id = created.body["id"]
+    assert await multi_results(http, looker, dev, task_id) == {task_id: {"status": "running"}}
+    done = (await multi_results(http, looker, dev, task_id))[task_id]
+    assert done["status"] == "complete"
+    metadata, rows = done["data"]["metadata"], done["data"]["rows"]
+    assert metadata["sql"].startswith("-- workspace: dev\nSELECT orders.id, orders.total")
+    assert [d["name"] for d in metadata["fields"]["dimensions"]] == ["orders.id", "orders.total"]
+    assert [r["_workspace"] for r in rows] == ["dev", "dev"]
+    await set_workspace(http, looker, dev, "production")  # a finished task keeps its workspace
+    again = (await multi_results(http, looker, dev, task_id))[task_id]
+    assert again["data"]["rows"] == rows
+
+
+async def test_query_task_formats_filters_and_force_production(
+    http: aiohttp.ClientSession, looker: LookerEmulator
+) -> None:
+    """`filter_expression` "1=2" selects no rows; json, csv and sql work; force_production."""
+    looker.query_task_polls = 0
+    dev = await dev_token(http, looker)
+    empty = (await create_query(http, looker, dev, filter_expression="1=2", limit=0)).body
+    assert empty["filter_expression"] == "1=2"
+    task = (await create_task(http, looker, dev, empty["id"])).body
+    assert task["status"] == "added"
+    result = (await multi_results(http, looker, dev, task["id"]))[task["id"]]
+    assert result["data"]["rows"] == []
+    assert "WHERE (1=2)" in result["data"]["metadata"]["sql"]
+    query_id = (await create_query(http, looker, dev, limit=1)).body["id"]
+    tasks = {
+        fmt: (await create_task(http, looker, dev, query_id, fmt)).body["id"]
+        for fmt in ("json", "csv", "sql")
+    }
+    forced = await create_task(http, looker, dev, query_id, "json", "?force_production=true")
+    results = await multi_results(http, looker, dev, *tasks.values(), forced.body["id"])
+    assert results[tasks["json"]]["data"][0]["_workspace"] == "dev"
+    assert results[tasks["csv"]]["data"].splitlines()[1].startswith("dev,")
+    assert results[tasks["sql"]]["data"].startswith("-- workspace: dev")
+    assert results[forced.body["id"]]["data"][0]["_workspace"] == "production"
+
+
+async def test_query_task_for_an_explore_missing_in_its_workspace_errors(
+    http: aiohttp.ClientSession, looker: LookerEmulator
+) -> None:
+    """The dev-only explore fails in production: json_bi error rows, json_detail errors."""
+    looker.query_task_polls = 0
+    prod = await login(http, looker)
+    query_id = (await create_query(http, looker, prod, view="orders_wip")).body["id"]
+    bi = (await create_task(http, looker, prod, query_id)).body["id"]
+    detail = (await create_task(http, looker, prod, query_id, "json_detail")).body["id"]
+    results = await multi_results(http, looker, prod, bi, detail)
+    message = "Explore 'sales/orders_wip' not found in the production workspace"
+    assert results[bi]["status"] == "error"
+    assert results[bi]["data"]["rows"] == [{"looker_error": message}]
+    assert results[detail]["data"]["errors"][0]["message"] == message
+    results_path = f"{V4}/query_tasks/{bi}/results"
+    assert_error(await call(http, looker, "GET", results_path, prod), 400, message)
+
+
+async def test_query_task_refusals(http: aiohttp.ClientSession, looker: LookerEmulator) -> None:
+    """Missing fields or a bad format 422, unsupported format 400, unknown query 404."""
+    token = await login(http, looker)
+    query_id = (await create_query(http, looker, token)).body["id"]
+    post = f"{V4}/query_tasks"
+    missing = await call(http, looker, "POST", post, token, json={"result_format": "json"})
+    assert (missing.status, missing.body["errors"][0]["field"]) == (422, "query_id")
+    bad = await create_task(http, looker, token, query_id, "pdf")
+    assert (bad.status, bad.body["errors"][0]["field"]) == (422, "result_format")
+    assert (await create_task(http, looker, token, query_id, "xlsx")).status == 400
+    assert (await create_task(http, looker, token, "999")).status == 404
+    no_ids = await call(http, looker, "GET", f"{V4}/query_tasks/multi_results", token)
+    assert no_ids.status == 400
+
+
+async def test_query_tasks_belong_to_their_user(
+    http: aiohttp.ClientSession, looker: LookerEmulator
+) -> None:
+    """Another user's task is "missing" in multi_results and 404 elsewhere."""
+    analytics, finance = await login(http, looker), await login(http, looker, "finance")
+    query_id = (await create_query(http, looker, analytics)).body["id"]
+    task_id = (await create_task(http, looker, analytics, query_id)).body["id"]
+    assert await multi_results(http, looker, finance, task_id) == {task_id: {"status": "missing"}}
+    for method, path in (
+        ("GET", f"/query_tasks/{task_id}"),
+        ("GET", f"/query_tasks/{task_id}/results"),
+        ("DELETE", f"/running_queries/{task_id}"),
+    ):
+        assert (await call(http, looker, method, f"{V4}{path}", finance)).status == 404
+
+
+async def test_running_queries_can_be_listed_and_killed(
+    http: aiohttp.ClientSession, looker: LookerEmulator
+) -> None:
+    """A running task is listed and can be killed (204); a finished one cannot (404)."""
+    looker.query_task_polls = 5
+    token = await login(http, looker)
+    query_id = (await create_query(http, looker, token)).body["id"]
+    task_id = (await create_task(http, looker, token, query_id)).body["id"]
+    task_path = f"{V4}/query_tasks/{task_id}"
+    assert (await call(http, looker, "GET", task_path, token)).body["status"] == "running"
+    assert (await call(http, looker, "GET", f"{task_path}/results", token)).status == 202
+    running = (await call(http, looker, "GET", f"{V4}/running_queries", token)).body
+    assert [(r["query_task_id"], r["status"]) for r in running] == [(task_id, "running")]
+    kill = f"{V4}/running_queries/{task_id}"
+    assert (await call(http, looker, "DELETE", kill, token)).status == 204
+    assert await multi_results(http, looker, token, task_id) == {task_id: {"status": "killed"}}
+    assert (await call(http, looker, "GET", f"{V4}/running_queries", token)).body == []
+    assert (await call(http, looker, "DELETE", kill, token)).status == 404
+
+
+async def test_query_task_results_once_complete(
+    http: aiohttp.ClientSession, looker: LookerEmulator
+) -> None:
+    """GET /query_tasks/{id}/results: json as JSON, csv as text, once the task is complete."""
+    looker.query_task_polls = 0
+    token = await login(http, looker)
+    query_id = (await create_query(http, looker, token, limit=1)).body["id"]
+    json_task = (await create_task(http, looker, token, query_id, "json")).body["id"]
+    csv_task = (await create_task(http, looker, token, query_id, "csv")).body["id"]
+    rows = (await call(http, looker, "GET", f"{V4}/query_tasks/{json_task}/results", token)).body
+    assert rows[0]["_workspace"] == "production"
+    text = (await call(http, looker, "GET", f"{V4}/query_tasks/{csv_task}/results", token)).body
+    assert text.splitlines()[0] == "_workspace,orders.id,orders.total"
+    task = (await call(http, looker, "GET", f"{V4}/query_tasks/{json_task}", token)).body
+    assert (task["status"], task["query_id"], task["result_format"]) == (
+        "complete",
+        query_id,
+        "json",
+    )
+
+
 # --- projects and git ----------------------------------------------------------------------------
 
 
