@@ -48,7 +48,8 @@ MakeProxy = Callable[..., Awaitable[Proxy]]
 
 @pytest.fixture(name="make_proxy")
 def _make_proxy(aiohttp_client: AiohttpClient) -> MakeProxy:
-    """Factory: `await make_proxy(looker, clock=..., env_overrides=..., **config_keys)`.
+    """Factory: `await make_proxy(looker, clock=..., env_overrides=..., teams=(names),
+    team_settings={team: {key: value}}, **top_level_config_keys)`.
 
     Serves the real proxy app, configured for the emulator's users (see harness.TEAMS), on a
     real socket; returns a `harness.Proxy`."""
@@ -60,9 +61,12 @@ def _make_proxy(aiohttp_client: AiohttpClient) -> MakeProxy:
         clock: Callable[[], float] | None = None,
         env_overrides: dict[str, str] | None = None,
         teams: tuple[str, ...] = ("analytics", "finance"),
+        team_settings: dict[str, dict[str, Any]] | None = None,
         **overrides: Any,
     ) -> Proxy:
         raw = raw_config(looker.base_url, teams=teams, **overrides)
+        for team, settings in (team_settings or {}).items():
+            raw["teams"][team].update(settings)
         config = parse_config(raw, env={**ENV, **(env_overrides or {})})
         app = create_app(config, clock=clock) if clock is not None else create_app(config)
         return Proxy(await aiohttp_client(app), config)

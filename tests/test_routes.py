@@ -59,7 +59,7 @@ METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
         (
             "PUT",
             "/api/4.0/projects/p/git_branch",
-            Route(Action.FORWARD, "/api/4.0/projects/p/git_branch", "projects"),
+            Route(Action.BRANCH_SWITCH, "/api/4.0/projects/p/git_branch", "projects"),
         ),
         (
             "DELETE",

@@ -131,6 +131,12 @@ class Caller:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class GitBranch:
+    project: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class TeamConfig:
     name: str
     workspace: str
@@ -138,6 +144,10 @@ class TeamConfig:
     looker_client_secret: Secret
     callers: tuple[Caller, ...]
     max_concurrency: int = 256
+    git_branch: GitBranch | None = None
+    """dev teams only: check out this branch (per Looker user) and verify it before publishing."""
+    allow_branch_switch: bool = False
+    """Let callers PUT/POST /projects/{id}/git_branch although the team pins a branch."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -383,6 +393,8 @@ def _team(name: str, raw: object, env: Env, problems: _Problems) -> TeamConfig |
         "looker_client_secret",
         "callers",
         "max_concurrency",
+        "git_branch",
+        "allow_branch_switch",
     }
     required = {"workspace", "looker_client_id", "looker_client_secret", "callers"}
     data = _mapping(raw, path, keys, problems, required=required)
@@ -404,6 +416,14 @@ def _team(name: str, raw: object, env: Env, problems: _Problems) -> TeamConfig |
         )
     callers = _callers(data.get("callers"), _join(path, "callers"), env, problems)
     max_conc = _number(data, "max_concurrency", path, 256, problems, minimum=1)
+    branch = None
+    if data.get("git_branch") is not None:
+        branch = _git_branch(data["git_branch"], _join(path, "git_branch"), problems)
+        if workspace == "production":
+            problems.add(
+                _join(path, "git_branch"), "only a dev team can pin a branch (production is shared)"
+            )
+    allow_switch = _bool(data, "allow_branch_switch", path, False, problems)
     if workspace is None or cid is None or secret is None or callers is None:
         return None
     return TeamConfig(
@@ -413,7 +433,24 @@ def _team(name: str, raw: object, env: Env, problems: _Problems) -> TeamConfig |
         looker_client_secret=secret,
         callers=callers,
         max_concurrency=max_conc,
+        git_branch=branch,
+        allow_branch_switch=allow_switch,
     )
+
+
+def _git_branch(raw: object, path: str, problems: _Problems) -> GitBranch | None:
+    keys = frozenset({"project", "name"})
+    data = _mapping(raw, path, keys, problems, required=keys)
+    ok = data.keys() == keys
+    for key in sorted(keys & data.keys()):
+        value = data[key]
+        if not isinstance(value, str) or not value.strip():
+            problems.add(_join(path, key), "must be a non-empty string")
+            ok = False
+        elif key == "project" and not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+            problems.add(_join(path, key), "must be a Looker project id (letters, digits, _ . -)")
+            ok = False
+    return GitBranch(project=data["project"], name=data["name"]) if ok else None
 
 
 def _callers(raw: object, path: str, env: Env, problems: _Problems) -> tuple[Caller, ...] | None:
@@ -466,6 +503,12 @@ def _cross_checks(teams: Mapping[str, TeamConfig], problems: _Problems) -> None:
                 f"same Looker API user as team {first.name!r} but a different workspace "
                 f"({team.workspace} vs {first.workspace}); dev state is per Looker user, "
                 "give each workspace its own API user",
+            )
+        elif first is not team and first.git_branch != team.git_branch:
+            problems.add(
+                f"teams.{team.name}.git_branch",
+                f"same Looker API user as team {first.name!r} but a different git branch; "
+                "the checked-out dev branch is per Looker user, give each branch its own API user",
             )
 
 

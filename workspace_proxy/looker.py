@@ -12,6 +12,7 @@ import json
 import time
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import quote
 
 import aiohttp
 
@@ -127,6 +128,36 @@ class LookerClient:
                 f"Looker reports workspace {observed!r} after PATCH /session to {workspace!r}",
                 retry_after=0.0,
                 kind="wrong_workspace",
+            )
+
+    async def checkout(self, token: Secret, project: str, branch: str) -> None:
+        """PUT the dev branch (``name`` only: a checkout, never a ``ref`` reset) and verify it."""
+        url = f"{self._api}/projects/{quote(project, safe='')}/git_branch"
+        headers = {**_JSON, "Authorization": auth_header(token)}
+        try:
+            async with self._http.put(
+                url,
+                data=json.dumps({"name": branch}),
+                headers=headers,
+                timeout=self._timeout,
+                ssl=self._ssl,
+            ) as resp:
+                if resp.status != 200:
+                    raise PinFailed(
+                        f"Looker answered the checkout of branch {branch!r} in project "
+                        f"{project!r} with HTTP {resp.status}",
+                        retry_after=retry_after_seconds(resp.headers.get("Retry-After")) or 0.0,
+                        kind=f"branch_{resp.status}",
+                    )
+                answered = (await _json_body(resp, PinFailed, "PUT git_branch")).get("name")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _unreachable(PinFailed, "PUT git_branch", exc) from None
+        if answered != branch:
+            raise PinFailed(
+                f"Looker reports branch {answered!r} checked out in project {project!r} "
+                f"after a checkout of {branch!r}",
+                retry_after=0.0,
+                kind="wrong_branch",
             )
 
     async def workspace(self, token: Secret) -> str | None:

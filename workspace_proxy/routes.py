@@ -22,6 +22,7 @@ _FORBIDDEN: Final = re.compile(r"%(2f|5c|2e|00)|[\\;]|[\x00-\x20\x7f]", re.IGNOR
 _PERCENT: Final = re.compile(r"%([0-9A-Fa-f]{2})")
 _UNRESERVED: Final = frozenset(string.ascii_letters + string.digits + "-._~")
 _SUDO: Final = re.compile(r"^login/[^/]+$")
+_GIT_BRANCH: Final = re.compile(r"^projects/[^/]+/git_branch$")
 _FORMAT_SUFFIX: Final = re.compile(r"\.[a-z0-9]+$")
 
 # Top-level resources of the Looker 4.0 and 3.1 specs: the only route names used as metric labels.
@@ -146,6 +147,7 @@ class Action(enum.Enum):
     SUDO = "sudo"  # POST /login/{user_id}
     LOGOUT = "logout"  # ends the caller's proxy token, never the team's Looker session
     PATCH_SESSION = "patch_session"  # would change the pinned workspace
+    BRANCH_SWITCH = "branch_switch"  # PUT/POST git_branch: would change a pinned dev branch
     VERSIONS = "versions"  # public, forwarded without credentials
     FORWARD = "forward"  # everything else under /api/<v>/, forwarded under the pinned session
     NOT_FOUND = "not_found"
@@ -203,6 +205,8 @@ def classify(method: str, raw_path: str, versions: tuple[str, ...]) -> Route:
         if method not in ("GET", "HEAD"):
             return NOT_FOUND  # no other method on /session may reach Looker
 
+    if _GIT_BRANCH.match(rest) and method in ("PUT", "POST"):
+        return Route(Action.BRANCH_SWITCH, path, "projects")
     if rest == "versions" and method == "GET":
         return Route(Action.VERSIONS, path, "versions")
     return Route(Action.FORWARD, path, _label(rest))

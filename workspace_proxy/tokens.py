@@ -1,8 +1,9 @@
 """Pinned Looker sessions, one per team.
 
 A session is *published* (made visible to forwarding) only after LookerClient has logged in,
-PATCHed ``/session`` to the team's workspace and verified it, so nothing can ever observe a token
-between login and pin. Logins are single-flight per team; refresh happens ahead of expiry in the
+PATCHed ``/session`` to the team's workspace and verified it (and, for a team that pins a dev
+branch, checked out and verified that branch), so nothing can ever observe a token between login
+and pin. Logins are single-flight per team; refresh happens ahead of expiry in the
 background while in-flight and new requests keep using the old, still valid, pinned session.
 Knows nothing of web requests.
 """
@@ -32,6 +33,7 @@ class SessionSource(Protocol):
 
     async def login(self, client_id: Secret, client_secret: Secret) -> LookerToken: ...
     async def pin(self, token: Secret, workspace: str) -> None: ...
+    async def checkout(self, token: Secret, project: str, branch: str) -> None: ...
     async def logout(self, token: Secret) -> bool: ...
 
 
@@ -225,6 +227,10 @@ class TeamSession:
         log.info("looker_login", team=team.name, session=fingerprint(login.token), reason=reason)
         try:
             await self._source.pin(login.token, team.workspace)
+            if team.git_branch is not None:
+                await self._source.checkout(
+                    login.token, team.git_branch.project, team.git_branch.name
+                )
         except BaseException:
             # Never leave an unpinned production session behind; it is never published.
             await asyncio.shield(self._source.logout(login.token))
