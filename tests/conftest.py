@@ -66,7 +66,7 @@ def _make_proxy(aiohttp_client: AiohttpClient) -> MakeProxy:
     ) -> Proxy:
         raw = raw_config(looker.base_url, teams=teams, **overrides)
         for team, settings in (team_settings or {}).items():
-            raw["teams"][team].update(settings)
+            raw["teams"].setdefault(team, {}).update(settings)
         config = parse_config(raw, env={**ENV, **(env_overrides or {})})
         app = create_app(config, clock=clock) if clock is not None else create_app(config)
         return Proxy(await aiohttp_client(app), config)

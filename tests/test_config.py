@@ -208,10 +208,12 @@ def test_reference_example_sets_every_key() -> None:
         | names(Shutdown, "shutdown.")
         | names(Limits, "limits.")
         | {"teams.*"}
-        | names(TeamConfig, "teams.*.", ("name",))
+        | names(TeamConfig, "teams.*.", ("name", "looker_client_ids"))
         | names(Caller, "teams.*.callers.*.")
     )
     assert yaml_keys(raw) - {"teams.*.callers.*"} == expected
+    passthrough = yaml.safe_load((CONFIG_DIR / "passthrough.yaml").read_text(encoding="utf-8"))
+    assert {"teams.*.mode", "teams.*.looker_client_ids"} <= yaml_keys(passthrough)
 
 
 def test_reference_example_shows_the_defaults(example_env: dict[str, str]) -> None:
@@ -341,7 +343,8 @@ def test_every_problem_is_reported_in_one_error() -> None:
         "{file: /path/to/secret}",
         "teams.finance.looker_client_secret: environment variable MISSING_SECRET is not set",
         "teams.finance.colour: unknown key (allowed: allow_branch_switch, callers, git_branch, "
-        "looker_client_id, looker_client_secret, max_concurrency, workspace)",
+        "looker_client_id, looker_client_ids, looker_client_secret, max_concurrency, mode, "
+        "workspace)",
     ]
     for message in expected:
         assert message in problems

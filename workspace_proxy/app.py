@@ -126,9 +126,11 @@ def _resources(clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
         ) as http:
-            sessions = TokenManager(config.teams, app[PROVIDERS](http, config, clock, app[METRICS]))
+            sessions = TokenManager(
+                config.managed_teams, app[PROVIDERS](http, config, clock, app[METRICS])
+            )
             state = ProxyState(
-                view=View.build(config, CallerAuth(config), sessions),
+                view=View.build(config, CallerAuth(config), sessions, http),
                 http=http,
                 metrics=app[METRICS],
             )
@@ -150,12 +152,16 @@ async def reload(app: web.Application, config: Config, *, clock: Clock = time.mo
     old = state.view
     same_looker = config.looker == old.config.looker
     factory = app[PROVIDERS](state.http, config, clock, state.metrics)
-    sessions, retired = old.sessions.reconfigured(config.teams, factory, same_looker=same_looker)
-    state.view = View.build(config, CallerAuth(config), sessions)
+    sessions, retired = old.sessions.reconfigured(
+        config.managed_teams, factory, same_looker=same_looker
+    )
+    state.view = View.build(config, CallerAuth(config), sessions, state.http)
     log.info(
         "config_reloaded",
         kept=sorted(
-            n for n in old.config.teams if n in config.teams and sessions[n] is old.sessions[n]
+            n
+            for n in old.config.managed_teams
+            if n in config.managed_teams and sessions[n] is old.sessions[n]
         ),
         repinned=sorted(s.team.name for s in retired if s.team.name in config.teams),
         added=sorted(set(config.teams) - set(old.config.teams)),

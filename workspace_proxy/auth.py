@@ -59,6 +59,11 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def is_proxy_token(token: str) -> bool:
+    """Proxy tokens start with ``wp1.``; anything else is someone else's (Looker's) token."""
+    return token.startswith(PREFIX + ".")
+
+
 def bearer_value(header: str | None) -> str | None:
     """The token of ``Authorization: token X`` or ``Bearer X`` (scheme case-insensitive)."""
     if not header:

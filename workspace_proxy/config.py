@@ -138,16 +138,25 @@ class GitBranch:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TeamConfig:
+    """A team. Managed (the default): the proxy logs in with the team's Looker credentials and
+    callers log in to the proxy. Passthrough: callers log in with their own Looker credentials
+    (``looker_client_ids``) and the proxy pins each of their sessions."""
+
     name: str
     workspace: str
-    looker_client_id: Secret
-    looker_client_secret: Secret
-    callers: tuple[Caller, ...]
+    looker_client_id: Secret | None
+    looker_client_secret: Secret | None
+    callers: tuple[Caller, ...] = ()
+    looker_client_ids: tuple[str, ...] = ()
     max_concurrency: int = 256
     git_branch: GitBranch | None = None
     """dev teams only: check out this branch (per Looker user) and verify it before publishing."""
     allow_branch_switch: bool = False
     """Let callers PUT/POST /projects/{id}/git_branch although the team pins a branch."""
+
+    @property
+    def passthrough(self) -> bool:
+        return bool(self.looker_client_ids)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -162,6 +171,17 @@ class Config:
     caller_token_ttl_s: int = 3600
     log_level: str = "info"
     source: str = "<memory>"
+
+    @property
+    def managed_teams(self) -> dict[str, TeamConfig]:
+        """Teams whose Looker session the proxy logs in and pins itself."""
+        return {n: t for n, t in self.teams.items() if not t.passthrough}
+
+    def passthrough_team(self, looker_client_id: str) -> TeamConfig | None:
+        """The passthrough team whose callers log in with this Looker client id."""
+        return next(
+            (t for t in self.teams.values() if looker_client_id in t.looker_client_ids), None
+        )
 
 
 T = TypeVar("T")
@@ -388,16 +408,33 @@ def _team(name: str, raw: object, env: Env, problems: _Problems) -> TeamConfig |
     if not _TEAM_NAME.match(name):
         problems.add(path, "team names use letters, digits, '_', '-', '.' (at most 64)")
     keys = {
+        "mode",
         "workspace",
         "looker_client_id",
         "looker_client_secret",
         "callers",
+        "looker_client_ids",
         "max_concurrency",
         "git_branch",
         "allow_branch_switch",
     }
-    required = {"workspace", "looker_client_id", "looker_client_secret", "callers"}
-    data = _mapping(raw, path, keys, problems, required=required)
+    mode = raw.get("mode", "managed") if isinstance(raw, dict) else "managed"
+    if mode == "passthrough":
+        required = {"workspace", "looker_client_ids"}
+        for key in ("looker_client_id", "looker_client_secret", "callers"):
+            if isinstance(raw, dict) and key in raw:
+                problems.add(
+                    _join(path, key),
+                    "not used in passthrough mode (callers log in "
+                    "with their own Looker credentials, listed in looker_client_ids)",
+                )
+    else:
+        required = {"workspace", "looker_client_id", "looker_client_secret", "callers"}
+        if mode != "managed":
+            problems.add(_join(path, "mode"), "must be one of managed, passthrough")
+        elif isinstance(raw, dict) and "looker_client_ids" in raw:
+            problems.add(_join(path, "looker_client_ids"), "only for mode: passthrough")
+    data = _mapping(raw, path, keys, problems, required=frozenset(required))
     workspace = (
         _choice(data, "workspace", path, WORKSPACES, problems) if "workspace" in data else None
     )
@@ -415,6 +452,12 @@ def _team(name: str, raw: object, env: Env, problems: _Problems) -> TeamConfig |
             data["looker_client_secret"], _join(path, "looker_client_secret"), env, problems
         )
     callers = _callers(data.get("callers"), _join(path, "callers"), env, problems)
+    client_ids: tuple[str, ...] = ()
+    if mode == "passthrough":
+        client_ids = _client_ids(
+            data.get("looker_client_ids"), _join(path, "looker_client_ids"), problems
+        )
+        callers = ()
     max_conc = _number(data, "max_concurrency", path, 256, problems, minimum=1)
     branch = None
     if data.get("git_branch") is not None:
@@ -424,7 +467,8 @@ def _team(name: str, raw: object, env: Env, problems: _Problems) -> TeamConfig |
                 _join(path, "git_branch"), "only a dev team can pin a branch (production is shared)"
             )
     allow_switch = _bool(data, "allow_branch_switch", path, False, problems)
-    if workspace is None or cid is None or secret is None or callers is None:
+    managed_ok = mode != "passthrough" and None not in (cid, secret, callers)
+    if workspace is None or not (managed_ok or client_ids) or callers is None:
         return None
     return TeamConfig(
         name=name,
@@ -432,10 +476,21 @@ def _team(name: str, raw: object, env: Env, problems: _Problems) -> TeamConfig |
         looker_client_id=cid,
         looker_client_secret=secret,
         callers=callers,
+        looker_client_ids=client_ids,
         max_concurrency=max_conc,
         git_branch=branch,
         allow_branch_switch=allow_switch,
     )
+
+
+def _client_ids(raw: object, path: str, problems: _Problems) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not raw:
+        problems.add(path, "must be a non-empty list of Looker API client ids")
+        return ()
+    if not all(isinstance(v, str) and v.strip() for v in raw):
+        problems.add(path, "every entry must be a non-empty string")
+        return ()
+    return tuple(raw)
 
 
 def _git_branch(raw: object, path: str, problems: _Problems) -> GitBranch | None:
@@ -496,15 +551,37 @@ def _cross_checks(teams: Mapping[str, TeamConfig], problems: _Problems) -> None:
                 caller_owner[caller.client_id] = team.name
     by_user: dict[str, TeamConfig] = {}
     for team in teams.values():
-        first = by_user.setdefault(team.looker_client_id.reveal(), team)
-        if first is not team and first.workspace != team.workspace:
+        for i, client_id in enumerate(team.looker_client_ids):
+            if client_id in caller_owner:
+                problems.add(
+                    f"teams.{team.name}.looker_client_ids[{i}]",
+                    f"{client_id!r} is also a proxy caller id (team "
+                    f"{caller_owner[client_id]!r}); a login could not tell them apart",
+                )
+        users = [c.reveal() for c in (team.looker_client_id,) if c is not None]
+        for client_id in [*users, *team.looker_client_ids]:
+            _one_state_per_user(by_user, client_id, team, problems)
+
+
+def _one_state_per_user(
+    by_user: dict[str, TeamConfig], client_id: str, team: TeamConfig, problems: _Problems
+) -> None:
+    """Dev mode and the dev branch belong to a Looker user: its teams must agree on them."""
+    first = by_user.setdefault(client_id, team)
+    if first is not team:
+        if team.passthrough and first.passthrough:
+            problems.add(
+                f"teams.{team.name}.looker_client_ids",
+                f"Looker client id {client_id!r} is also listed by team {first.name!r}",
+            )
+        elif first.workspace != team.workspace:
             problems.add(
                 f"teams.{team.name}.looker_client_id",
                 f"same Looker API user as team {first.name!r} but a different workspace "
                 f"({team.workspace} vs {first.workspace}); dev state is per Looker user, "
                 "give each workspace its own API user",
             )
-        elif first is not team and first.git_branch != team.git_branch:
+        elif first.git_branch != team.git_branch:
             problems.add(
                 f"teams.{team.name}.git_branch",
                 f"same Looker API user as team {first.name!r} but a different git branch; "
@@ -657,6 +734,10 @@ def summary(config: Config) -> str:
         f"  listen: {config.listen.host}:{config.listen.port}",
     ]
     for team in config.teams.values():
-        callers = ", ".join(c.client_id for c in team.callers)
-        lines.append(f"  team {team.name}: workspace {team.workspace}; callers: {callers}")
+        branch = f" (branch {team.git_branch.name})" if team.git_branch else ""
+        if team.passthrough:
+            who = "passthrough for Looker client ids " + ", ".join(team.looker_client_ids)
+        else:
+            who = "callers: " + ", ".join(c.client_id for c in team.callers)
+        lines.append(f"  team {team.name}: workspace {team.workspace}{branch}; {who}")
     return "\n".join(lines)

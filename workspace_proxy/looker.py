@@ -17,7 +17,7 @@ from urllib.parse import quote
 import aiohttp
 
 from workspace_proxy.config import LookerConfig, Secret
-from workspace_proxy.errors import LoginFailed, PinFailed, SessionUnavailable
+from workspace_proxy.errors import LoginFailed, PinFailed, SessionUnavailable, Unauthenticated
 
 _JSON: Final = {"Content-Type": "application/json", "Accept": "application/json"}
 _MAX_BODY: Final = 64 * 1024
@@ -159,6 +159,38 @@ class LookerClient:
                 retry_after=0.0,
                 kind="wrong_branch",
             )
+
+    async def identify(self, token: Secret) -> list[str]:
+        """The API client ids of the user behind a token (GET /user: credentials_api3).
+
+        Raises Unauthenticated when Looker does not accept the token."""
+        try:
+            async with self._http.get(
+                f"{self._api}/user",
+                params={"fields": "id,credentials_api3"},
+                headers={"Accept": "application/json", "Authorization": auth_header(token)},
+                timeout=self._timeout,
+                ssl=self._ssl,
+            ) as resp:
+                if resp.status == 401:
+                    raise Unauthenticated()
+                if resp.status != 200:
+                    raise PinFailed(
+                        f"Looker answered GET /user with HTTP {resp.status}",
+                        retry_after=retry_after_seconds(resp.headers.get("Retry-After")) or 0.0,
+                        kind=f"identify_{resp.status}",
+                    )
+                body = await _json_body(resp, PinFailed, "GET /user")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _unreachable(PinFailed, "GET /user", exc) from None
+        creds = body.get("credentials_api3")
+        if not isinstance(creds, list):
+            return []
+        return [
+            c["client_id"]
+            for c in creds
+            if isinstance(c, dict) and isinstance(c.get("client_id"), str)
+        ]
 
     async def workspace(self, token: Secret) -> str | None:
         """GET /session and return its workspace_id."""

@@ -18,20 +18,22 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from workspace_proxy.auth import CallerAuth
-from workspace_proxy.config import WORKSPACES, Config, TeamConfig
+from workspace_proxy.auth import CallerAuth, bearer_value, is_proxy_token
+from workspace_proxy.config import WORKSPACES, Config, Secret, TeamConfig
 from workspace_proxy.errors import (
     BadRequest,
     Forbidden,
     NotFound,
     SessionUnavailable,
     TooManyRequests,
+    Unauthenticated,
 )
 from workspace_proxy.headers import downstream_headers, upstream_headers
-from workspace_proxy.looker import auth_header
+from workspace_proxy.looker import LookerClient, auth_header
 from workspace_proxy.metrics import Metrics
+from workspace_proxy.passthrough import Passthrough, Pinned
 from workspace_proxy.routes import Action, Route, classify
-from workspace_proxy.tokens import PinnedSession, TokenManager
+from workspace_proxy.tokens import PinnedSession, SessionProvider, TokenManager
 
 log = structlog.get_logger("workspace_proxy.proxy")
 
@@ -64,16 +66,23 @@ class View:
     config: Config
     auth: CallerAuth
     sessions: TokenManager
+    passthrough: Passthrough | None
     forward_timeout: aiohttp.ClientTimeout
     ssl: ssl.SSLContext | bool
 
     @classmethod
-    def build(cls, config: Config, auth: CallerAuth, sessions: TokenManager) -> View:
+    def build(
+        cls, config: Config, auth: CallerAuth, sessions: TokenManager, http: aiohttp.ClientSession
+    ) -> View:
         timeouts = config.looker.timeouts
+        passthrough = None
+        if any(t.passthrough for t in config.teams.values()):
+            passthrough = Passthrough(config, LookerClient(http, config.looker))
         return cls(
             config=config,
             auth=auth,
             sessions=sessions,
+            passthrough=passthrough,
             forward_timeout=aiohttp.ClientTimeout(
                 total=None, connect=timeouts.connect_s, sock_read=timeouts.read_s
             ),
@@ -118,12 +127,52 @@ async def handle(request: web.Request) -> web.StreamResponse:
     credentials = request.headers.getall("Authorization", ())
     if len(credentials) > 1:
         raise BadRequest("workspace-proxy: send exactly one Authorization header.")
-    principal = view.auth.verify(credentials[0] if credentials else None)
+    credential = credentials[0] if credentials else None
+    caller_token = bearer_value(credential)
+    if view.passthrough is not None and caller_token and not is_proxy_token(caller_token):
+        return await _passthrough(
+            request, state, view, route, view.passthrough, Secret(caller_token)
+        )
+    principal = view.auth.verify(credential)
     team = view.config.teams[principal.team]
     info.team = team.name
     if route.action is Action.LOGOUT:
         view.auth.revoke(principal)
         return web.Response(status=204)
+    return await _under_pin(request, state, view, route, view.sessions[team.name])
+
+
+async def _passthrough(
+    request: web.Request,
+    state: ProxyState,
+    view: View,
+    route: Route,
+    passthrough: Passthrough,
+    token: Secret,
+) -> web.StreamResponse:
+    """A passthrough caller's own Looker token: pinned (on first sight if need be), then the
+    same policy as for managed teams; logout ends the caller's own Looker session."""
+    pinned = await passthrough.resolve(token)
+    request[INFO].team = pinned.team.name
+    provider = _CallerSession(pinned, passthrough)
+    if route.action is Action.LOGOUT:
+        passthrough.forget(token)
+        logout = Route(
+            Action.FORWARD, f"/api/{view.config.looker.api_versions[0]}/logout", "logout"
+        )
+        return await _forward(request, state, view, logout, provider, body=None, replayable=False)
+    return await _under_pin(request, state, view, route, provider)
+
+
+async def _under_pin(
+    request: web.Request,
+    state: ProxyState,
+    view: View,
+    route: Route,
+    provider: SessionProvider,
+) -> web.StreamResponse:
+    """The route policy for an authenticated caller of ``provider.team``, then forwarding."""
+    team = provider.team
     if route.action is Action.SUDO:
         raise Forbidden(
             f"workspace-proxy: sudo (POST /login/{{user_id}}) would start a session outside "
@@ -131,7 +180,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         )
     with _concurrency_slot(state, team):
         if route.action is Action.PATCH_SESSION:
-            return await _patch_session(request, state, view, route, team)
+            return await _patch_session(request, state, view, route, provider)
         if (
             route.action is Action.BRANCH_SWITCH
             and team.git_branch
@@ -142,11 +191,43 @@ async def handle(request: web.Request) -> web.StreamResponse:
                 f"project {team.git_branch.project!r}; switching branches is not allowed."
             )
         body, replayable = await _request_body(request, view.config)
-        return await _forward(request, state, view, route, team, body, replayable)
+        return await _forward(request, state, view, route, provider, body, replayable)
+
+
+class _CallerSession:
+    """A passthrough caller's own pinned session, as a SessionProvider: Looker rejecting it
+    (401) ends it — the caller must log in again, as with Looker itself."""
+
+    def __init__(self, pinned: Pinned, passthrough: Passthrough) -> None:
+        self._pinned = pinned
+        self._passthrough = passthrough
+
+    @property
+    def team(self) -> TeamConfig:
+        return self._pinned.team
+
+    @property
+    def current(self) -> PinnedSession:
+        return self._pinned.session
+
+    @property
+    def healthy(self) -> bool:
+        return True
+
+    async def get(self) -> PinnedSession:
+        return self._pinned.session
+
+    async def replace(self, stale: PinnedSession) -> PinnedSession:
+        self._passthrough.forget(stale.token)
+        raise Unauthenticated()
+
+    async def close(self, *, wait: bool = False) -> None:
+        return None
 
 
 async def _login(request: web.Request, view: View) -> web.Response:
-    """The caller's own login: answered by the proxy with a proxy token, like Looker would."""
+    """The caller's own login, answered like Looker would: a proxy token for a proxy caller; for
+    a passthrough team's Looker client id, Looker's own token once its session is pinned."""
     form: dict[str, str] = {}
     if request.can_read_body:
         if (request.content_length or 0) > _SMALL_BODY:
@@ -155,14 +236,26 @@ async def _login(request: web.Request, view: View) -> web.Response:
         form = {k: v for k, v in posted.items() if isinstance(v, str)}
     client_id = form.get("client_id") or request.query.get("client_id")
     client_secret = form.get("client_secret") or request.query.get("client_secret")
+    team = view.passthrough.team_for_login(client_id) if view.passthrough else None
+    if view.passthrough is not None and team is not None and client_id:
+        request[INFO].team = team.name
+        login = await view.passthrough.login(team, client_id, client_secret or "")
+        return web.json_response(
+            {
+                "access_token": login.token.reveal(),
+                "token_type": "Bearer",
+                "expires_in": login.expires_in,
+            }
+        )
     issued = view.auth.login(client_id, client_secret)
     return web.json_response(issued.as_looker_json())
 
 
 async def _patch_session(
-    request: web.Request, state: ProxyState, view: View, route: Route, team: TeamConfig
+    request: web.Request, state: ProxyState, view: View, route: Route, provider: SessionProvider
 ) -> web.StreamResponse:
     """Keep the pin: the team's own workspace is answered with the pinned session."""
+    team = provider.team
     body = await _small_json(request)
     wanted = body.get("workspace_id") if isinstance(body, dict) else None
     if wanted is not None and wanted not in WORKSPACES:
@@ -185,7 +278,7 @@ async def _patch_session(
         )
     read = Route(Action.FORWARD, route.path, route.name)
     return await _forward(
-        request, state, view, read, team, body=None, replayable=True, method="GET"
+        request, state, view, read, provider, body=None, replayable=True, method="GET"
     )
 
 
@@ -256,7 +349,7 @@ async def _forward(
     state: ProxyState,
     view: View,
     route: Route,
-    team: TeamConfig | None,
+    sessions: SessionProvider | None,
     body: Any,
     replayable: bool,
     *,
@@ -264,7 +357,6 @@ async def _forward(
 ) -> web.StreamResponse:
     """Send under the team's pinned session (none for public routes) and stream the answer."""
     info = request[INFO]
-    sessions = view.sessions[team.name] if team is not None else None
     session = await sessions.get() if sessions is not None else None
     upstream = await _send(request, state, view, route, session, body, method)
     if upstream.status == 401 and sessions is not None and session is not None:

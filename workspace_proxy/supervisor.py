@@ -94,7 +94,7 @@ class Supervisor:
         factory = local_providers(http, new, time.monotonic, self.metrics)
         same_looker = new.looker == self.config.looker
         self.manager, retired = self._manager().reconfigured(
-            new.teams, factory, same_looker=same_looker
+            new.managed_teams, factory, same_looker=same_looker
         )
         self.config = new
         log.info("config_reloaded", teams=sorted(new.teams))
@@ -115,7 +115,8 @@ class Supervisor:
             trust_env=False,
         ) as http:
             self.manager = TokenManager(
-                self.config.teams, local_providers(http, self.config, time.monotonic, self.metrics)
+                self.config.managed_teams,
+                local_providers(http, self.config, time.monotonic, self.metrics),
             )
             broker = web.AppRunner(create_broker_app(lambda: self._manager()), access_log=None)
             admin = web.AppRunner(

@@ -223,6 +223,10 @@ class TeamSession:
     async def _pin_once(self, reason: str) -> PinnedSession:
         team = self.team
         started = self._clock()
+        if team.looker_client_id is None or team.looker_client_secret is None:
+            raise SessionUnavailable(
+                "the team has no Looker credentials", retry_after=60.0, kind="no_credentials"
+            )
         login = await self._source.login(team.looker_client_id, team.looker_client_secret)
         log.info("looker_login", team=team.name, session=fingerprint(login.token), reason=reason)
         try:

@@ -164,6 +164,9 @@ def user(account: ApiUser, workspace: str, branch: str) -> Json:
         "personal_folder_id": f"10{account.id}",
         "home_folder_id": "1",
         "ui_state": {"workspace_id": workspace, "git_branch": branch},
+        "credentials_api3": [
+            {"id": account.id, "client_id": account.client_id, "is_disabled": False, "type": "api3"}
+        ],
         "can": {"show": True, "index": True, "show_details": True},
     }
 
