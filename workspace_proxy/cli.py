@@ -77,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args)
     except KeyboardInterrupt:
         return EXIT_OK
+    except BrokenPipeError:  # e.g. `check-config FILE | head -1`: the reader left, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 def _check_config(path: str) -> int:
