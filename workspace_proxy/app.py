@@ -94,7 +94,10 @@ async def looker_errors(request: web.Request, handler: Handler) -> web.StreamRes
         return await handler(request)
     except ProxyError as exc:
         request[INFO].outcome = getattr(exc, "kind", None) or exc.__class__.__name__
-        return looker_error(exc.status, exc.public_message, headers=exc.headers)
+        response = looker_error(exc.status, exc.public_message, headers=exc.headers)
+        if getattr(exc, "close", False):
+            response.force_close()
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -118,7 +121,7 @@ def _resources(clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]
     async def resources(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
         connector = aiohttp.TCPConnector(
-            limit=config.looker.max_connections, limit_per_host=0, enable_cleanup_closed=True
+            limit=config.pool_size, limit_per_host=0, enable_cleanup_closed=True
         )
         async with aiohttp.ClientSession(
             connector=connector,
@@ -130,7 +133,7 @@ def _resources(clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]
                 config.managed_teams, app[PROVIDERS](http, config, clock, app[METRICS])
             )
             state = ProxyState(
-                view=View.build(config, CallerAuth(config), sessions, http),
+                view=View.build(config, CallerAuth(config), sessions, http, app[METRICS]),
                 http=http,
                 metrics=app[METRICS],
             )
@@ -155,7 +158,7 @@ async def reload(app: web.Application, config: Config, *, clock: Clock = time.mo
     sessions, retired = old.sessions.reconfigured(
         config.managed_teams, factory, same_looker=same_looker
     )
-    state.view = View.build(config, CallerAuth(config), sessions, state.http)
+    state.view = View.build(config, CallerAuth(config), sessions, state.http, state.metrics)
     log.info(
         "config_reloaded",
         kept=sorted(
@@ -169,6 +172,12 @@ async def reload(app: web.Application, config: Config, *, clock: Clock = time.mo
     )
     if (config.listen, config.admin) != (old.config.listen, old.config.admin):
         log.warning("listen_change_needs_restart")
+    if config.pool_size > old.config.pool_size:
+        log.warning(
+            "pool_size_change_needs_restart",
+            pool_size=old.config.pool_size,
+            wanted=config.pool_size,
+        )
     await close_all(retired, wait=True)
 
 

@@ -25,6 +25,8 @@ from workspace_proxy.errors import ConfigError
 # multiprocess metrics directory must be in the environment before prometheus_client loads.
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+KEEPALIVE_S = 75.0
+"""Idle (or half-sent) client connections are closed after this (aiohttp's default is an hour)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -198,7 +200,12 @@ async def serve(
     app = create_app(config, providers=client or local_providers)
     if client is not None:
         app.on_cleanup.append(client.close)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown.grace_s)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=config.shutdown.grace_s,
+        keepalive_timeout=KEEPALIVE_S,
+    )
     admin = web.AppRunner(
         create_admin_app(
             sessions=proxy_sessions(app), draining=app[DRAINING], metrics=app[METRICS]

@@ -59,9 +59,13 @@ class BadRequest(ProxyError):
     status = 400
     public_message = "Bad request."
 
-    def __init__(self, public_message: str | None = None, *, status: int = 400) -> None:
+    def __init__(
+        self, public_message: str | None = None, *, status: int = 400, close: bool = False
+    ) -> None:
         super().__init__(public_message)
         self.status = status
+        self.close = close
+        """Close the connection after answering (the request's framing cannot be trusted)."""
 
 
 class TooManyRequests(ProxyError):

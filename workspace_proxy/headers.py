@@ -3,9 +3,10 @@
 Upstream, these are dropped: the caller's credentials (any header whose name, ignoring case and
 punctuation, contains ``authorization``: ``Authorization``, ``authorization_``,
 ``X-Authorization``, ``Proxy-Authorization``), hop-by-hop headers, those named in
-``Connection``, ``Host``, ``Cookie``, ``Expect`` and every incoming ``Forwarded`` or
-``X-Forwarded-*``. The proxy sets the pinned token and its own ``X-Forwarded-For``/``-Proto``/
-``-Host`` (the caller's peer address, never a claimed one).
+``Connection``, ``Host``, ``Cookie``, ``Expect``, headers some servers obey to re-route or
+re-method a request (``X-Original-URL``, ``X-HTTP-Method-Override``, ...) and every incoming
+``Forwarded`` or ``X-Forwarded-*``. The proxy sets the pinned token and its own
+``X-Forwarded-For``/``-Proto``/``-Host`` (the caller's peer address, never a claimed one).
 Downstream: hop-by-hop headers are dropped; everything else from Looker is passed on.
 """
 
@@ -33,7 +34,20 @@ HOP_BY_HOP: Final = frozenset(
 )
 _LETTERS: Final = re.compile(r"[^a-z]")
 _CALLER_ONLY: Final = frozenset(
-    {"authorization", "host", "content-length", "expect", "forwarded", "cookie"}
+    {
+        "authorization",
+        "host",
+        "content-length",
+        "expect",
+        "forwarded",
+        "cookie",
+        # Headers some servers obey to re-route or re-method a request behind the route policy.
+        "x-original-url",
+        "x-rewrite-url",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+    }
 )
 
 

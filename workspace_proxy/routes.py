@@ -17,6 +17,9 @@ import string
 from dataclasses import dataclass
 from typing import Final
 
+METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""What Looker's API uses; TRACE (which would echo the injected token), CONNECT and the rest
+never reach Looker."""
 _SLASHES: Final = re.compile(r"/{2,}")
 _FORBIDDEN: Final = re.compile(r"%(2f|5c|2e|00)|[\\;]|[\x00-\x20\x7f]", re.IGNORECASE)
 _PERCENT: Final = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -183,7 +186,7 @@ def normalise(raw_path: str) -> str | None:
 def classify(method: str, raw_path: str, versions: tuple[str, ...]) -> Route:
     """Decide what to do with a request. ``raw_path`` is percent-encoded, without the query."""
     path = normalise(raw_path)
-    if path is None:
+    if path is None or method not in METHODS:
         return NOT_FOUND
     if path.rstrip("/") == "/versions":
         return Route(Action.VERSIONS, "/versions", "versions") if method == "GET" else NOT_FOUND

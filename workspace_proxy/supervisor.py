@@ -107,7 +107,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, hangup.set)
-        connector = aiohttp.TCPConnector(limit=self.config.looker.max_connections, limit_per_host=0)
+        connector = aiohttp.TCPConnector(limit=self.config.pool_size, limit_per_host=0)
         async with aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
