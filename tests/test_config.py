@@ -342,7 +342,8 @@ def test_every_problem_is_reported_in_one_error() -> None:
         "teams.analytics.callers[0].client_secret: must be {env: VARIABLE} or "
         "{file: /path/to/secret}",
         "teams.finance.looker_client_secret: environment variable MISSING_SECRET is not set",
-        "teams.finance.colour: unknown key (allowed: allow_branch_switch, callers, git_branch, "
+        "teams.finance.colour: unknown key (allowed: allow_branch_switch, allow_sudo, callers, "
+        "git_branch, "
         "looker_client_id, looker_client_ids, looker_client_secret, max_concurrency, mode, "
         "workspace)",
     ]

@@ -35,6 +35,8 @@ class Principal:
     caller: str
     token_id: str
     expires_at: float
+    sudo: str | None = None
+    """The Looker user this token acts as (POST /login/{user_id}), if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,16 +101,21 @@ class CallerAuth:
             raise NotFound()
         return self.issue(team_name, caller.client_id)
 
-    def issue(self, team: str, caller: str) -> IssuedToken:
-        claims = {
+    def issue(
+        self, team: str, caller: str, *, sudo: str | None = None, ttl: int | None = None
+    ) -> IssuedToken:
+        ttl = self._ttl if ttl is None else min(ttl, self._ttl)
+        claims: dict[str, object] = {
             "t": team,
             "c": caller,
-            "e": int(self._clock()) + self._ttl,
+            "e": int(self._clock()) + ttl,
             "j": secrets.token_urlsafe(12),
         }
+        if sudo is not None:
+            claims["s"] = sudo
         body = _b64(json.dumps(claims, separators=(",", ":")).encode())
         signed = f"{PREFIX}.{body}"
-        return IssuedToken(Secret(f"{signed}.{self._sign(signed)}"), self._ttl)
+        return IssuedToken(Secret(f"{signed}.{self._sign(signed)}"), ttl)
 
     def verify(self, authorization: str | None) -> Principal:
         """The caller behind an Authorization header, or Unauthenticated (401)."""
@@ -152,6 +159,9 @@ class CallerAuth:
         if known is None or not any(c.client_id == caller for c in known.callers):
             # The caller or team was removed from the config since the token was issued.
             raise Unauthenticated()
+        sudo = claims.get("s")
         if not isinstance(exp, int) or not isinstance(jti, str):
             raise Unauthenticated()
-        return Principal(team=team, caller=caller, token_id=jti, expires_at=float(exp))
+        if sudo is not None and (not isinstance(sudo, str) or not known.allow_sudo):
+            raise Unauthenticated()  # sudo was allowed when issued, and is not any more
+        return Principal(team=team, caller=caller, token_id=jti, expires_at=float(exp), sudo=sudo)

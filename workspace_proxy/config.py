@@ -153,6 +153,8 @@ class TeamConfig:
     """dev teams only: check out this branch (per Looker user) and verify it before publishing."""
     allow_branch_switch: bool = False
     """Let callers PUT/POST /projects/{id}/git_branch although the team pins a branch."""
+    allow_sudo: bool = False
+    """Let callers POST /login/{user_id}; the sudo session is pinned to the workspace too."""
 
     @property
     def passthrough(self) -> bool:
@@ -171,6 +173,14 @@ class Config:
     caller_token_ttl_s: int = 3600
     log_level: str = "info"
     source: str = "<memory>"
+
+    @property
+    def pool_size(self) -> int:
+        """Upstream connections: ``looker.max_connections``, raised if need be so that every team
+        can use its whole ``max_concurrency`` at once (plus its own login and PATCH) — one team's
+        slow queries then never hold a connection another team needs."""
+        needed = sum(t.max_concurrency + 2 for t in self.teams.values())
+        return max(self.looker.max_connections, needed)
 
     @property
     def managed_teams(self) -> dict[str, TeamConfig]:
@@ -417,6 +427,7 @@ def _team(name: str, raw: object, env: Env, problems: _Problems) -> TeamConfig |
         "max_concurrency",
         "git_branch",
         "allow_branch_switch",
+        "allow_sudo",
     }
     mode = raw.get("mode", "managed") if isinstance(raw, dict) else "managed"
     if mode == "passthrough":
@@ -467,6 +478,13 @@ def _team(name: str, raw: object, env: Env, problems: _Problems) -> TeamConfig |
                 _join(path, "git_branch"), "only a dev team can pin a branch (production is shared)"
             )
     allow_switch = _bool(data, "allow_branch_switch", path, False, problems)
+    allow_sudo = _bool(data, "allow_sudo", path, False, problems)
+    if allow_sudo and branch is not None:
+        problems.add(
+            _join(path, "allow_sudo"),
+            "cannot be combined with git_branch: the dev branch belongs to each Looker user, "
+            "and the proxy will not switch other users' branches",
+        )
     managed_ok = mode != "passthrough" and None not in (cid, secret, callers)
     if workspace is None or not (managed_ok or client_ids) or callers is None:
         return None
@@ -480,6 +498,7 @@ def _team(name: str, raw: object, env: Env, problems: _Problems) -> TeamConfig |
         max_concurrency=max_conc,
         git_branch=branch,
         allow_branch_switch=allow_switch,
+        allow_sudo=allow_sudo,
     )
 
 

@@ -82,20 +82,28 @@ class LookerClient:
                 body = await _json_body(resp, LoginFailed, "login")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _unreachable(LoginFailed, "login", exc) from None
-        token, expires_in = body.get("access_token"), body.get("expires_in")
-        if not isinstance(token, str) or not token or not isinstance(expires_in, int):
-            raise LoginFailed(
-                "Looker's login answer had no usable access_token/expires_in",
-                retry_after=0.0,
-                kind="bad_response",
-            )
-        if expires_in <= 0:
-            raise LoginFailed(
-                "Looker's login answer had a non-positive expires_in",
-                retry_after=0.0,
-                kind="bad_response",
-            )
-        return LookerToken(Secret(token), expires_in)
+        return _access_token(body)
+
+    async def login_user(self, token: Secret, user_id: str) -> LookerToken:
+        """Sudo: ``POST /login/{user_id}`` with an admin's token; a new session (production)."""
+        url = f"{self._api}/login/{quote(user_id, safe='')}"
+        try:
+            async with self._http.post(
+                url,
+                headers={"Authorization": auth_header(token)},
+                timeout=self._timeout,
+                ssl=self._ssl,
+            ) as resp:
+                if resp.status != 200:
+                    raise LoginFailed(
+                        f"Looker answered sudo to user {user_id!r} with HTTP {resp.status}",
+                        retry_after=retry_after_seconds(resp.headers.get("Retry-After")) or 0.0,
+                        kind="sudo_401" if resp.status == 401 else _failure_kind(resp.status),
+                    )
+                body = await _json_body(resp, LoginFailed, "sudo login")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _unreachable(LoginFailed, "sudo login", exc) from None
+        return _access_token(body)
 
     async def pin(self, token: Secret, workspace: str) -> None:
         """PATCH the session to ``workspace`` and verify it; raise PinFailed unless verified."""
@@ -221,6 +229,23 @@ class LookerClient:
                 return resp.status in (200, 204)
         except (aiohttp.ClientError, TimeoutError):
             return False
+
+
+def _access_token(body: dict[str, Any]) -> LookerToken:
+    token, expires_in = body.get("access_token"), body.get("expires_in")
+    if not isinstance(token, str) or not token or not isinstance(expires_in, int):
+        raise LoginFailed(
+            "Looker's login answer had no usable access_token/expires_in",
+            retry_after=0.0,
+            kind="bad_response",
+        )
+    if expires_in <= 0:
+        raise LoginFailed(
+            "Looker's login answer had a non-positive expires_in",
+            retry_after=0.0,
+            kind="bad_response",
+        )
+    return LookerToken(Secret(token), expires_in)
 
 
 async def _json_body(

@@ -60,6 +60,13 @@ class Passthrough:
         log.info("passthrough_login", team=team.name, session=fingerprint(login.token))
         return login
 
+    async def sudo(self, token: Secret, user_id: str, team: TeamConfig) -> LookerToken:
+        """Forward the caller's sudo login and pin the new session before handing it back."""
+        login = await self._client.login_user(token, user_id)
+        await self._pin(login.token, team)
+        self._remember(login.token, team, login.expires_in)
+        return login
+
     async def resolve(self, token: Secret) -> Pinned:
         """The team and pinned session of a caller's Looker token, pinning it on first sight."""
         key = fingerprint(token)

@@ -7,6 +7,7 @@ replayed once after Looker rejects the team's session (401) and a fresh one is p
 from __future__ import annotations
 
 import json
+import re
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -33,12 +34,20 @@ from workspace_proxy.looker import LookerClient, auth_header
 from workspace_proxy.metrics import Metrics
 from workspace_proxy.passthrough import Passthrough, Pinned
 from workspace_proxy.routes import Action, Route, classify
-from workspace_proxy.tokens import PinnedSession, SessionProvider, TokenManager
+from workspace_proxy.tokens import (
+    PinnedSession,
+    SessionEvents,
+    SessionProvider,
+    SudoSessions,
+    TokenManager,
+)
 
 log = structlog.get_logger("workspace_proxy.proxy")
 
 CHUNK: Final = 256 * 1024
 _SMALL_BODY: Final = 64 * 1024
+_USER_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NOT_UTF8: Final = re.compile("[\udc80-\udcff]")  # bytes aiohttp could not decode
 DOCS_URL: Final = "https://cloud.google.com/looker/docs/"
 
 
@@ -67,22 +76,30 @@ class View:
     auth: CallerAuth
     sessions: TokenManager
     passthrough: Passthrough | None
+    sudo: SudoSessions
     forward_timeout: aiohttp.ClientTimeout
     ssl: ssl.SSLContext | bool
 
     @classmethod
     def build(
-        cls, config: Config, auth: CallerAuth, sessions: TokenManager, http: aiohttp.ClientSession
+        cls,
+        config: Config,
+        auth: CallerAuth,
+        sessions: TokenManager,
+        http: aiohttp.ClientSession,
+        events: SessionEvents | None = None,
     ) -> View:
         timeouts = config.looker.timeouts
+        client = LookerClient(http, config.looker)
         passthrough = None
         if any(t.passthrough for t in config.teams.values()):
-            passthrough = Passthrough(config, LookerClient(http, config.looker))
+            passthrough = Passthrough(config, client)
         return cls(
             config=config,
             auth=auth,
             sessions=sessions,
             passthrough=passthrough,
+            sudo=SudoSessions(client, config.looker.retry, events=events),
             forward_timeout=aiohttp.ClientTimeout(
                 total=None, connect=timeouts.connect_s, sock_read=timeouts.read_s
             ),
@@ -116,6 +133,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     view = state.view  # one config for the whole request, even across a reload
     info = request[INFO]
+    _refuse_malformed(request)
     route = classify(request.method, request.rel_url.raw_path, view.config.looker.api_versions)
     info.route = route.name
     if route.action is Action.NOT_FOUND:
@@ -139,7 +157,34 @@ async def handle(request: web.Request) -> web.StreamResponse:
     if route.action is Action.LOGOUT:
         view.auth.revoke(principal)
         return web.Response(status=204)
-    return await _under_pin(request, state, view, route, view.sessions[team.name])
+    provider: SessionProvider = view.sessions[team.name]
+    if principal.sudo is not None:
+        provider = view.sudo.get(provider, principal.sudo)
+    if route.action is Action.SUDO and team.allow_sudo:
+        user_id = _sudo_user(route)
+        await view.sudo.get(view.sessions[team.name], user_id).get()  # pinned before answering
+        issued = view.auth.issue(team.name, principal.caller, sudo=user_id)
+        return web.json_response(issued.as_looker_json())
+    return await _under_pin(request, state, view, route, provider)
+
+
+def _refuse_malformed(request: web.Request) -> None:
+    """What aiohttp's parser lets through but a proxy must not: absolute-form targets (we are
+    not a forward proxy), HTTP/1.0 with Transfer-Encoding (ambiguous framing, RFC 9112 6.1) and
+    header values that are not UTF-8 (they would be altered on the way to Looker)."""
+    if not request.raw_path.startswith("/"):
+        raise BadRequest("workspace-proxy is not a forward proxy: send the path only.")
+    if request.version < aiohttp.HttpVersion11 and "Transfer-Encoding" in request.headers:
+        raise BadRequest("Transfer-Encoding is not allowed in HTTP/1.0 requests.", close=True)
+    if any(_NOT_UTF8.search(v) for v in request.headers.values()):
+        raise BadRequest("workspace-proxy: header values must be UTF-8.")
+
+
+def _sudo_user(route: Route) -> str:
+    user_id = route.path.rstrip("/").rsplit("/", 1)[-1]
+    if not _USER_ID.fullmatch(user_id):
+        raise NotFound()
+    return user_id
 
 
 async def _passthrough(
@@ -155,6 +200,15 @@ async def _passthrough(
     pinned = await passthrough.resolve(token)
     request[INFO].team = pinned.team.name
     provider = _CallerSession(pinned, passthrough)
+    if route.action is Action.SUDO and pinned.team.allow_sudo:
+        login = await passthrough.sudo(token, _sudo_user(route), pinned.team)
+        return web.json_response(
+            {
+                "access_token": login.token.reveal(),
+                "token_type": "Bearer",
+                "expires_in": login.expires_in,
+            }
+        )
     if route.action is Action.LOGOUT:
         passthrough.forget(token)
         logout = Route(
@@ -175,8 +229,8 @@ async def _under_pin(
     team = provider.team
     if route.action is Action.SUDO:
         raise Forbidden(
-            f"workspace-proxy: sudo (POST /login/{{user_id}}) would start a session outside "
-            f"team {team.name!r}'s pinned {team.workspace!r} workspace and is not allowed."
+            f"workspace-proxy: sudo (POST /login/{{user_id}}) is not allowed for team "
+            f"{team.name!r} (allow_sudo is off)."
         )
     with _concurrency_slot(state, team):
         if route.action is Action.PATCH_SESSION:
@@ -405,16 +459,21 @@ async def _send(
         content_length=_length(body, request),
     )
     started = time.perf_counter()
-    upstream = await state.http.request(
-        method or request.method,
-        url,
-        data=body,
-        headers=headers,
-        allow_redirects=False,
-        timeout=view.forward_timeout,
-        ssl=view.ssl,
-        auto_decompress=False,
-    )
+    try:
+        upstream = await state.http.request(
+            method or request.method,
+            url,
+            data=body,
+            headers=headers,
+            allow_redirects=False,
+            timeout=view.forward_timeout,
+            ssl=view.ssl,
+            auto_decompress=False,
+        )
+    except aiohttp.ClientError as exc:
+        if isinstance(exc.__cause__, BadRequest):  # the caller's streamed body was too large
+            raise exc.__cause__ from None
+        raise
     if session is not None:
         state.metrics.upstream_latency.labels(session.team).observe(time.perf_counter() - started)
     return upstream
@@ -442,7 +501,12 @@ async def _stream_back(
         try:
             async for chunk in upstream.content.iter_chunked(CHUNK):
                 info.bytes_out += len(chunk)
-                await response.write(chunk)
+                try:
+                    await response.write(chunk)
+                except ConnectionResetError:
+                    info.outcome = "caller_gone"
+                    log.info("caller_disconnected", bytes_out=info.bytes_out)
+                    return response
         except (aiohttp.ClientError, TimeoutError) as exc:
             info.outcome = "upstream_broken"
             log.warning("upstream_stream_broken", error=exc.__class__.__name__)

@@ -203,7 +203,8 @@ class TeamSession:
                     attempt=self._failures,
                     retry_in_s=round(delay, 3),
                 )
-                if loop.time() + delay > give_up_at:
+                if exc.kind == "rejected" or loop.time() + delay > give_up_at:
+                    # Looker refused outright (4xx): retrying within this request cannot help.
                     raise _again(exc, delay) from None
                 await asyncio.sleep(delay)
                 continue
@@ -255,6 +256,74 @@ class TeamSession:
 
 def _again(exc: SessionUnavailable, retry_after: float) -> SessionUnavailable:
     return type(exc)(exc.reason, retry_after=retry_after, kind=exc.kind)
+
+
+class SudoSource:
+    """Sessions of another Looker user, made with the team's pinned session (sudo).
+
+    ``login`` ignores the credentials TeamSession passes: it calls ``POST /login/{user_id}`` with
+    the parent's token, re-pinning the parent once if Looker rejected it."""
+
+    def __init__(self, parent: SessionProvider, user_id: str, client: SudoClient) -> None:
+        self._parent = parent
+        self._user_id = user_id
+        self._client = client
+
+    async def login(self, client_id: Secret, client_secret: Secret) -> LookerToken:
+        parent = await self._parent.get()
+        try:
+            return await self._client.login_user(parent.token, self._user_id)
+        except SessionUnavailable as exc:
+            if exc.kind != "sudo_401":
+                raise
+        parent = await self._parent.replace(parent)
+        return await self._client.login_user(parent.token, self._user_id)
+
+    async def pin(self, token: Secret, workspace: str) -> None:
+        await self._client.pin(token, workspace)
+
+    async def checkout(self, token: Secret, project: str, branch: str) -> None:
+        await self._client.checkout(token, project, branch)
+
+    async def logout(self, token: Secret) -> bool:
+        return await self._client.logout(token)
+
+
+class SudoClient(SessionSource, Protocol):
+    async def login_user(self, token: Secret, user_id: str) -> LookerToken: ...
+
+
+class SudoSessions:
+    """Pinned sudo sessions per (team session, Looker user), for teams with ``allow_sudo``."""
+
+    def __init__(
+        self,
+        client: SudoClient,
+        retry: Retry,
+        *,
+        clock: Clock = time.monotonic,
+        events: SessionEvents | None = None,
+        max_sessions: int = 1000,
+    ) -> None:
+        self._client = client
+        self._retry = retry
+        self._clock = clock
+        self._events = events
+        self._max = max_sessions
+        self._sessions: dict[tuple[int, str], TeamSession] = {}
+
+    def get(self, parent: SessionProvider, user_id: str) -> TeamSession:
+        key = (id(parent), user_id)
+        session = self._sessions.get(key)
+        if session is None or session.team is not parent.team:
+            if len(self._sessions) >= self._max:
+                self._sessions.pop(next(iter(self._sessions)))
+            source = SudoSource(parent, user_id, self._client)
+            session = TeamSession(
+                parent.team, source, self._retry, clock=self._clock, events=self._events
+            )
+            self._sessions[key] = session
+        return session
 
 
 class SessionProvider(Protocol):
