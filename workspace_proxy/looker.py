@@ -10,6 +10,7 @@ import asyncio
 import email.utils
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote
@@ -19,7 +20,6 @@ import aiohttp
 from workspace_proxy.config import LookerConfig, Secret
 from workspace_proxy.errors import LoginFailed, PinFailed, SessionUnavailable, Unauthenticated
 
-_JSON: Final = {"Content-Type": "application/json", "Accept": "application/json"}
 _MAX_BODY: Final = 64 * 1024
 
 
@@ -67,70 +67,96 @@ class LookerClient:
         )
         self._ssl = config.ssl_context()
 
-    async def login(self, client_id: Secret, client_secret: Secret) -> LookerToken:
-        form = {"client_id": client_id.reveal(), "client_secret": client_secret.reveal()}
-        try:
-            async with self._http.post(
-                f"{self._api}/login", data=form, timeout=self._timeout, ssl=self._ssl
-            ) as resp:
-                if resp.status != 200:
-                    raise LoginFailed(
-                        f"Looker answered the team's login with HTTP {resp.status}",
-                        retry_after=retry_after_seconds(resp.headers.get("Retry-After")) or 0.0,
-                        kind=_failure_kind(resp.status),
-                    )
-                body = await _json_body(resp, LoginFailed, "login")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _unreachable(LoginFailed, "login", exc) from None
-        return _access_token(body)
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        what: str,
+        error: type[SessionUnavailable],
+        kind: Callable[[int], str],
+        token: Secret | None = None,
+        payload: object = None,
+        form: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+        answered: str | None = None,
+    ) -> dict[str, Any]:
+        """One session-management call: 200 and a JSON object, or ``error`` saying why.
 
-    async def login_user(self, token: Secret, user_id: str) -> LookerToken:
-        """Sudo: ``POST /login/{user_id}`` with an admin's token; a new session (production)."""
-        url = f"{self._api}/login/{quote(user_id, safe='')}"
+        ``kind`` names a non-200 status for metrics; 401 on a token raises Unauthenticated when
+        ``kind`` says ``"unauthenticated"``. ``answered`` names the call in "Looker answered ..."
+        (default ``what``)."""
+        headers = {"Accept": "application/json"}
+        if token is not None:
+            headers["Authorization"] = auth_header(token)
+        data: object = form
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(payload)
         try:
-            async with self._http.post(
-                url,
-                headers={"Authorization": auth_header(token)},
-                timeout=self._timeout,
-                ssl=self._ssl,
-            ) as resp:
-                if resp.status != 200:
-                    raise LoginFailed(
-                        f"Looker answered sudo to user {user_id!r} with HTTP {resp.status}",
-                        retry_after=retry_after_seconds(resp.headers.get("Retry-After")) or 0.0,
-                        kind="sudo_401" if resp.status == 401 else _failure_kind(resp.status),
-                    )
-                body = await _json_body(resp, LoginFailed, "sudo login")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _unreachable(LoginFailed, "sudo login", exc) from None
-        return _access_token(body)
-
-    async def pin(self, token: Secret, workspace: str) -> None:
-        """PATCH the session to ``workspace`` and verify it; raise PinFailed unless verified."""
-        headers = {**_JSON, "Authorization": auth_header(token)}
-        payload = json.dumps({"workspace_id": workspace})
-        try:
-            async with self._http.patch(
-                f"{self._api}/session",
-                data=payload,
+            async with self._http.request(
+                method,
+                f"{self._api}{path}",
+                data=data,
+                params=params,
                 headers=headers,
                 timeout=self._timeout,
                 ssl=self._ssl,
             ) as resp:
                 if resp.status != 200:
-                    raise PinFailed(
-                        f"Looker answered PATCH /session with HTTP {resp.status}",
+                    if kind(resp.status) == "unauthenticated":
+                        raise Unauthenticated()
+                    raise error(
+                        f"Looker answered {answered or what} with HTTP {resp.status}",
                         retry_after=retry_after_seconds(resp.headers.get("Retry-After")) or 0.0,
-                        kind=f"patch_{resp.status}",
+                        kind=kind(resp.status),
                     )
-                answered = (await _json_body(resp, PinFailed, "PATCH /session")).get("workspace_id")
-            if answered == workspace:
-                # The PATCH answer is Looker's own statement of the session's workspace; a second
-                # read would only add a round trip per login.
-                return
-            observed = await self.workspace(token)
+                return await _json_body(resp, error, what)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _unreachable(PinFailed, "PATCH /session", exc) from None
+            raise _unreachable(error, what, exc) from None
+
+    async def login(self, client_id: Secret, client_secret: Secret) -> LookerToken:
+        form = {"client_id": client_id.reveal(), "client_secret": client_secret.reveal()}
+        body = await self._call(
+            "POST",
+            "/login",
+            what="login",
+            answered="the team's login",
+            error=LoginFailed,
+            kind=_failure_kind,
+            form=form,
+        )
+        return _access_token(body)
+
+    async def login_user(self, token: Secret, user_id: str) -> LookerToken:
+        """Sudo: ``POST /login/{user_id}`` with an admin's token; a new session (production)."""
+        body = await self._call(
+            "POST",
+            f"/login/{quote(user_id, safe='')}",
+            what="sudo login",
+            answered=f"sudo to user {user_id!r}",
+            error=LoginFailed,
+            kind=lambda status: "sudo_401" if status == 401 else _failure_kind(status),
+            token=token,
+        )
+        return _access_token(body)
+
+    async def pin(self, token: Secret, workspace: str) -> None:
+        """PATCH the session to ``workspace`` and verify it; raise PinFailed unless verified."""
+        answer = await self._call(
+            "PATCH",
+            "/session",
+            what="PATCH /session",
+            error=PinFailed,
+            kind=lambda status: f"patch_{status}",
+            token=token,
+            payload={"workspace_id": workspace},
+        )
+        # The PATCH answer is Looker's own statement of the session's workspace; only when it
+        # says something else is the session read back.
+        observed = answer.get("workspace_id")
+        if observed != workspace:
+            observed = (await self._session(token)).get("workspace_id")
         if observed != workspace:
             raise PinFailed(
                 f"Looker reports workspace {observed!r} after PATCH /session to {workspace!r}",
@@ -140,30 +166,19 @@ class LookerClient:
 
     async def checkout(self, token: Secret, project: str, branch: str) -> None:
         """PUT the dev branch (``name`` only: a checkout, never a ``ref`` reset) and verify it."""
-        url = f"{self._api}/projects/{quote(project, safe='')}/git_branch"
-        headers = {**_JSON, "Authorization": auth_header(token)}
-        try:
-            async with self._http.put(
-                url,
-                data=json.dumps({"name": branch}),
-                headers=headers,
-                timeout=self._timeout,
-                ssl=self._ssl,
-            ) as resp:
-                if resp.status != 200:
-                    raise PinFailed(
-                        f"Looker answered the checkout of branch {branch!r} in project "
-                        f"{project!r} with HTTP {resp.status}",
-                        retry_after=retry_after_seconds(resp.headers.get("Retry-After")) or 0.0,
-                        kind=f"branch_{resp.status}",
-                    )
-                answered = (await _json_body(resp, PinFailed, "PUT git_branch")).get("name")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _unreachable(PinFailed, "PUT git_branch", exc) from None
-        if answered != branch:
+        answer = await self._call(
+            "PUT",
+            f"/projects/{quote(project, safe='')}/git_branch",
+            what=f"the checkout of branch {branch!r} in project {project!r}",
+            error=PinFailed,
+            kind=lambda status: f"branch_{status}",
+            token=token,
+            payload={"name": branch},
+        )
+        if answer.get("name") != branch:
             raise PinFailed(
-                f"Looker reports branch {answered!r} checked out in project {project!r} "
-                f"after a checkout of {branch!r}",
+                f"Looker reports branch {answer.get('name')!r} checked out in project "
+                f"{project!r} after a checkout of {branch!r}",
                 retry_after=0.0,
                 kind="wrong_branch",
             )
@@ -172,25 +187,15 @@ class LookerClient:
         """The API client ids of the user behind a token (GET /user: credentials_api3).
 
         Raises Unauthenticated when Looker does not accept the token."""
-        try:
-            async with self._http.get(
-                f"{self._api}/user",
-                params={"fields": "id,credentials_api3"},
-                headers={"Accept": "application/json", "Authorization": auth_header(token)},
-                timeout=self._timeout,
-                ssl=self._ssl,
-            ) as resp:
-                if resp.status == 401:
-                    raise Unauthenticated()
-                if resp.status != 200:
-                    raise PinFailed(
-                        f"Looker answered GET /user with HTTP {resp.status}",
-                        retry_after=retry_after_seconds(resp.headers.get("Retry-After")) or 0.0,
-                        kind=f"identify_{resp.status}",
-                    )
-                body = await _json_body(resp, PinFailed, "GET /user")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _unreachable(PinFailed, "GET /user", exc) from None
+        body = await self._call(
+            "GET",
+            "/user",
+            what="GET /user",
+            error=PinFailed,
+            kind=lambda status: "unauthenticated" if status == 401 else f"identify_{status}",
+            token=token,
+            params={"fields": "id,credentials_api3"},
+        )
         creds = body.get("credentials_api3")
         if not isinstance(creds, list):
             return []
@@ -200,22 +205,15 @@ class LookerClient:
             if isinstance(c, dict) and isinstance(c.get("client_id"), str)
         ]
 
-    async def workspace(self, token: Secret) -> str | None:
-        """GET /session and return its workspace_id."""
-        async with self._http.get(
-            f"{self._api}/session",
-            headers={"Accept": "application/json", "Authorization": auth_header(token)},
-            timeout=self._timeout,
-            ssl=self._ssl,
-        ) as resp:
-            if resp.status != 200:
-                raise PinFailed(
-                    f"Looker answered GET /session with HTTP {resp.status}",
-                    retry_after=0.0,
-                    kind=f"verify_{resp.status}",
-                )
-            value = (await _json_body(resp, PinFailed, "GET /session")).get("workspace_id")
-        return value if isinstance(value, str) else None
+    async def _session(self, token: Secret) -> dict[str, Any]:
+        return await self._call(
+            "GET",
+            "/session",
+            what="GET /session",
+            error=PinFailed,
+            kind=lambda status: f"verify_{status}",
+            token=token,
+        )
 
     async def logout(self, token: Secret) -> bool:
         """Best effort DELETE /logout; True when Looker confirmed."""
