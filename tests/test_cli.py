@@ -206,3 +206,30 @@ async def test_metrics_and_health_endpoints(looker: LookerEmulator, tmp_path: Pa
     )
     assert "workspace_proxy_upstream_latency_seconds_bucket" in text
     assert 'workspace_proxy_session_age_seconds{team="finance"}' in text
+
+
+async def test_a_token_smuggled_into_the_request_id_is_not_logged(
+    looker: LookerEmulator, tmp_path: Path
+) -> None:
+    """A proxy-token-shaped X-Request-Id is scrubbed from the access log; a real token (too long
+    for a request id) is replaced by a generated id, so neither is ever logged."""
+    smuggled = "wp1.c2VjcmV0LXBheWxvYWQ.c2lnbmF0dXJl"
+    proc = await ProxyProcess.start(raw_config(looker.base_url), tmp_path)
+    try:
+        async with aiohttp.ClientSession() as http:
+            form = {"client_id": "finance-caller", "client_secret": "finance-caller-secret"}
+            async with http.post(f"{proc.url}/api/4.0/login", data=form) as resp:
+                token = (await resp.json())["access_token"]
+            for request_id in (smuggled, token):
+                headers = {"Authorization": f"token {token}", "X-Request-Id": request_id}
+                async with http.get(f"{proc.url}/api/4.0/user", headers=headers) as resp:
+                    assert resp.status == 200
+        assert await proc.stop() == 0
+    finally:
+        await proc.kill()
+    lines = [e for e in proc.events() if e["event"] == "request" and e["route"] == "user"]
+    assert len(lines) == 2
+    assert token not in "\n".join(proc.lines)
+    assert smuggled not in "\n".join(proc.lines)
+    assert lines[0]["request_id"] == "[redacted]"
+    assert len(lines[1]["request_id"]) == 32

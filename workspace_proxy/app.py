@@ -5,9 +5,10 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
@@ -18,9 +19,11 @@ from aiohttp import web
 from workspace_proxy.auth import CallerAuth
 from workspace_proxy.config import Config
 from workspace_proxy.errors import ProxyError
+from workspace_proxy.log import access as access_log
 from workspace_proxy.looker import LookerClient
 from workspace_proxy.metrics import CONTENT_TYPE_LATEST, Metrics
 from workspace_proxy.proxy import (
+    CHUNK,
     INFO,
     STATE,
     ProxyState,
@@ -49,30 +52,37 @@ PROVIDERS: Final = web.AppKey[Providers]("workspace_proxy_providers")
 _REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+_ID_PREFIX: Final = os.urandom(8).hex()
+_ID_COUNTER: Final = itertools.count()
+
+
 def request_id(incoming: str | None) -> str:
     """The caller's X-Request-Id when it is sane, else a new one."""
     if incoming and _REQUEST_ID.match(incoming):
         return incoming
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 @web.middleware
-async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, one access-log line and request metrics per request."""
+async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one middleware: request id, error mapping, request metrics and the access-log line."""
     info = RequestInfo(request_id=request_id(request.headers.get("X-Request-Id")))
     request[INFO] = info
     started = time.perf_counter()
     status = 500
+    bound = structlog.contextvars.bind_contextvars(request_id=info.request_id)
     try:
-        with structlog.contextvars.bound_contextvars(request_id=info.request_id):
+        try:
             response = await handler(request)
-            status = response.status
-            return response
+        except (ProxyError, web.HTTPException, TimeoutError, aiohttp.ClientError) as exc:
+            response = error_response(info, exc)
+        status = response.status
+        return response
     finally:
+        structlog.contextvars.reset_contextvars(**bound)
         duration = time.perf_counter() - started
-        request.app[METRICS].requests.labels(info.team or "-", info.route, str(status)).inc()
-        log.info(
-            "request",
+        request.app[METRICS].request_done(info.team or "-", info.route, status)
+        access_log(
             request_id=info.request_id,
             team=info.team,
             method=request.method,
@@ -87,28 +97,24 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         )
 
 
-@web.middleware
-async def looker_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+def error_response(info: RequestInfo, exc: Exception) -> web.Response:
     """The one place that maps errors to Looker-shaped answers; exception text never leaks."""
-    try:
-        return await handler(request)
-    except ProxyError as exc:
-        request[INFO].outcome = getattr(exc, "kind", None) or exc.__class__.__name__
+    if isinstance(exc, ProxyError):
+        info.outcome = getattr(exc, "kind", None) or exc.__class__.__name__
         response = looker_error(exc.status, exc.public_message, headers=exc.headers)
         if getattr(exc, "close", False):
             response.force_close()
         return response
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         return looker_error(exc.status, exc.reason)
-    except TimeoutError:
-        request[INFO].outcome = "upstream_timeout"
+    if isinstance(exc, TimeoutError):
+        info.outcome = "upstream_timeout"
         return looker_error(504, "workspace-proxy: Looker did not answer in time.")
-    except aiohttp.ClientError as exc:
-        request[INFO].outcome = "upstream_unreachable"
-        log.warning("upstream_error", error=exc.__class__.__name__)
-        return looker_error(502, "workspace-proxy: Looker is unavailable.")
+    info.outcome = "upstream_unreachable"
+    log.warning("upstream_error", error=exc.__class__.__name__)
+    return looker_error(502, "workspace-proxy: Looker is unavailable.")
 
 
 async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
@@ -128,6 +134,7 @@ def _resources(clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
             trust_env=False,
+            read_bufsize=CHUNK,  # larger reads from Looker: fewer, bigger writes to the caller
         ) as http:
             sessions = TokenManager(
                 config.managed_teams, app[PROVIDERS](http, config, clock, app[METRICS])
@@ -201,7 +208,7 @@ def create_app(
 
     ``providers`` decides where pinned sessions come from: this process (default) or, for
     ``--workers``, the supervisor's session broker."""
-    app = web.Application(middlewares=[request_context, looker_errors])
+    app = web.Application(middlewares=[edge])
     app[CONFIG] = config
     app[PROVIDERS] = providers
     app[METRICS] = metrics or Metrics()

@@ -25,6 +25,8 @@ from workspace_proxy.errors import ConfigError
 # multiprocess metrics directory must be in the environment before prometheus_client loads.
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+BACKLOG = 4096
+"""Listen queue: aiohttp's 128 drops connections of a burst (each costs the client a 1 s retry)."""
 KEEPALIVE_S = 75.0
 """Idle (or half-sent) client connections are closed after this (aiohttp's default is an hour)."""
 
@@ -135,7 +137,9 @@ def _serve(args: argparse.Namespace) -> int:
             config.admin, port=config.admin.port if args.admin_port is None else args.admin_port
         ),
     )
-    log.configure(config.log_level, static={"worker": os.getpid()} if args.broker else None)
+    log.configure(
+        config.log_level, static={"worker": os.getpid()} if args.broker else None, cache=True
+    )
     workers = args.workers if args.workers > 0 else (os.cpu_count() or 1)
     try:
         if workers > 1 and not args.broker:
@@ -230,6 +234,7 @@ async def serve(
             config.listen.port,
             reuse_port=client is not None,
             ssl_context=config.listen.ssl_context(),
+            backlog=BACKLOG,
         ).start()
         if client is None:
             await web.TCPSite(

@@ -12,6 +12,7 @@ Downstream: hop-by-hop headers are dropped; everything else from Looker is passe
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from typing import Final
@@ -61,15 +62,24 @@ def connection_tokens(values: Iterable[str]) -> frozenset[str]:
     return frozenset(canonical(t) for v in values for t in v.split(",") if t.strip())
 
 
-def _dropped(name: str, named: frozenset[str]) -> bool:
+@functools.lru_cache(maxsize=4096)
+def _always_dropped(name: str) -> bool:
     c = canonical(name)
     return (
         c in HOP_BY_HOP
-        or c in named
         or c in _CALLER_ONLY
         or c.startswith("x-forwarded-")
         or "authorization" in _LETTERS.sub("", c)  # Authorization_, X-Authorization, ...
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _hop_by_hop(name: str) -> bool:
+    return canonical(name) in HOP_BY_HOP
+
+
+def _dropped(name: str, named: frozenset[str]) -> bool:
+    return _always_dropped(name) or (bool(named) and canonical(name) in named)
 
 
 def upstream_headers(
@@ -102,5 +112,5 @@ def downstream_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return CIMultiDict(
         (k, v)
         for k, v in incoming.items()
-        if canonical(k) not in HOP_BY_HOP and canonical(k) not in named
+        if not _hop_by_hop(k) and not (named and canonical(k) in named)
     )

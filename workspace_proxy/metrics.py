@@ -8,6 +8,7 @@ every process then writes its values there and ``render()`` in the supervisor ad
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -62,6 +63,26 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, cached: label lookup is the costly part of a metric update
+        on the hot path, and the label values are bounded (teams, route names, status codes)."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def request_done(self, team: str, route: str, status: int) -> None:
+        self._child(self.requests, team, route, str(status)).inc()
+
+    def in_flight_add(self, team: str, delta: int) -> None:
+        self._child(self.in_flight, team).inc(delta)
+
+    def upstream_answered(self, team: str, seconds: float) -> None:
+        self._child(self.upstream_latency, team).observe(seconds)
 
     def session_event(self, team: str, event: str, outcome: str) -> None:
         self.session_events.labels(team, event, outcome).inc()

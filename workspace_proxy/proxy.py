@@ -6,6 +6,7 @@ replayed once after Looker rejects the team's session (401) and a fresh one is p
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import ssl
@@ -357,7 +358,7 @@ class _Slot:
 
     def __exit__(self, *exc: object) -> None:
         self._state.in_flight[self._team] -= 1
-        self._state.metrics.in_flight.labels(self._team).dec()
+        self._state.metrics.in_flight_add(self._team, -1)
 
 
 def _concurrency_slot(state: ProxyState, team: TeamConfig) -> _Slot:
@@ -370,7 +371,7 @@ def _concurrency_slot(state: ProxyState, team: TeamConfig) -> _Slot:
             headers={"Retry-After": "1"},
         )
     state.in_flight[team.name] = busy + 1
-    state.metrics.in_flight.labels(team.name).inc()
+    state.metrics.in_flight_add(team.name, 1)
     return _Slot(state, team.name)
 
 
@@ -475,7 +476,7 @@ async def _send(
             raise exc.__cause__ from None
         raise
     if session is not None:
-        state.metrics.upstream_latency.labels(session.team).observe(time.perf_counter() - started)
+        state.metrics.upstream_answered(session.team, time.perf_counter() - started)
     return upstream
 
 
@@ -487,6 +488,10 @@ def _length(body: Any, request: web.Request) -> int | None:
     return len(body) if isinstance(body, bytes) else request.content_length
 
 
+def _has_body(method: str, status: int) -> bool:
+    return method != "HEAD" and status >= 200 and status not in (204, 304)
+
+
 async def _stream_back(
     request: web.Request, upstream: aiohttp.ClientResponse
 ) -> web.StreamResponse:
@@ -494,12 +499,25 @@ async def _stream_back(
     info = request[INFO]
     try:
         headers = downstream_headers(upstream.headers)
+        length = upstream.content_length
+        if length is not None and length <= CHUNK and _has_body(request.method, upstream.status):
+            # A body of at most one chunk and known size goes out with the headers in one
+            # write (bounded: never more than CHUNK bytes in memory).
+            try:
+                body = await upstream.content.readexactly(length) if length else b""
+            except asyncio.IncompleteReadError:
+                raise aiohttp.ClientPayloadError("Looker's answer was cut short") from None
+            info.bytes_out = len(body)
+            headers.popall("Content-Length", None)
+            return web.Response(
+                status=upstream.status, reason=upstream.reason, headers=headers, body=body
+            )
         response = web.StreamResponse(
             status=upstream.status, reason=upstream.reason, headers=headers
         )
         await response.prepare(request)
         try:
-            async for chunk in upstream.content.iter_chunked(CHUNK):
+            async for chunk in upstream.content.iter_any():
                 info.bytes_out += len(chunk)
                 try:
                     await response.write(chunk)
