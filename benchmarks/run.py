@@ -1,0 +1,446 @@
+"""Run every scenario against every variant; write results/latest.json and docs/benchmarks.md.
+
+    python -m benchmarks.run            # 3 rounds, 5 s runs (several minutes)
+    python -m benchmarks.run --quick    # 1 round, 2 s runs (under a minute)
+
+Variants: ``direct`` (the upstream itself), ``nginx`` (C reverse proxy), ``naive`` (plain aiohttp
+proxy) and ``workspace-proxy``. Scenarios: small JSON GET at 1 and 64 connections, a 1 GiB CSV
+download, 2,000 concurrent 1 s requests, and a cold start with 1,000 concurrent first requests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import load, report, servers
+from benchmarks.report import WP
+from benchmarks.servers import CSV_PATH, SLOW_PATH, USER_PATH, Proc
+from benchmarks.system import (
+    cpu_seconds,
+    ensure_tools,
+    free_port,
+    listen_overflows,
+    machine,
+    now_iso,
+    tool_versions,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "latest.json"
+DEFAULT_DOCS = ROOT / "docs" / "benchmarks.md"
+GIB = 1024**3
+
+
+@dataclass
+class Variant:
+    name: str
+    proc: Proc
+    """Whose CPU and RSS count as this variant's (for ``direct``: the upstream)."""
+    headers: dict[str, str]
+    workers: int
+
+    @property
+    def url(self) -> str:
+        return self.proc.url
+
+
+class Bench:
+    """One run: servers, measurements and their raw results."""
+
+    def __init__(self, args: argparse.Namespace, tmp: Path, say: Callable[[str], None]) -> None:
+        self.args = args
+        self.tmp = tmp
+        self.say = say
+        self.cores = os.cpu_count() or 1
+        self.workers = args.workers or self.cores
+        self.procs: list[Proc] = []
+        self.notes: list[str] = []
+        self.raw: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(
+            lambda: defaultdict(list)
+        )
+        self.wp_env = {"PYTHONPATH": args.wp_pythonpath} if args.wp_pythonpath else {}
+        self.wp_workers: int | None = None
+        self.client = load.BurstClient(self.cores)
+        self.variants: dict[str, Variant] = {}
+
+    def keep(self, proc: Proc) -> Proc:
+        self.procs.append(proc)
+        return proc
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
+
+    # --- setup -----------------------------------------------------------------------------
+
+    def start(self, have_nginx: bool, wanted: Sequence[str]) -> dict[str, Variant]:
+        a, tmp = self.args, self.tmp
+        fixed = self.keep(servers.start_fixed(tmp, a.slow_s, a.download_bytes))
+        if have_nginx:
+            www = servers.write_fixtures(tmp, a.download_bytes)
+            port = free_port()
+            conf = servers.nginx_upstream_conf(tmp, www, port, fixed.port, a.upstream_workers)
+            upstream = self.keep(servers.start_nginx(tmp, "upstream", conf, port))
+        else:
+            upstream = fixed
+            self.notes.append(
+                "nginx was not available: the upstream is the asyncio fixed-answer server"
+                " (benchmarks/fixed_upstream.py) and the nginx variant is missing."
+            )
+        self.upstream = upstream
+        # Direct callers and the plain proxies send a Looker token, as a client of Looker would.
+        same = {"Authorization": f"token {servers.LOOKER_TOKEN}"}
+        variants = {
+            "direct": Variant("direct", upstream, same, a.upstream_workers if have_nginx else 1)
+        }
+        if "nginx" in wanted and have_nginx:
+            port = free_port()
+            conf = servers.nginx_proxy_conf(tmp, port, upstream.port, self.workers)
+            proc = self.keep(servers.start_nginx(tmp, "proxy", conf, port))
+            variants["nginx"] = Variant("nginx", proc, same, self.workers)
+        if "naive" in wanted:
+            proc = self.keep(servers.start_naive(tmp, upstream.url, self.workers))
+            variants["naive"] = Variant("naive", proc, same, self.workers)
+        extra = dict(label.split("=", 1) for label in a.wp_variant)
+        if WP in wanted or extra:
+            if servers.wp_supports_workers(tmp, self.wp_env):
+                self.wp_workers = self.workers
+            else:
+                self.notes.append(
+                    "`workspace-proxy serve --help` does not list --workers: workspace-proxy ran"
+                    " as ONE process while the other variants used one per core."
+                )
+        paths = {WP: a.wp_pythonpath} if WP in wanted else {}
+        paths.update({f"{WP}[{label}]": path for label, path in extra.items()})
+        for name, path in paths.items():
+            proc = self.keep(
+                servers.start_wp(tmp, _slug(name), upstream.url, self.wp_workers, pythonpath=path)
+            )
+            token = {"Authorization": f"token {proc.extra['token']}"}
+            variants[name] = Variant(name, proc, token, self.wp_workers or 1)
+        # `direct` is always measured: every ratio is to it.
+        order = [k for k in report.VARIANTS if k in variants]
+        return {k: variants[k] for k in order + [k for k in variants if k not in order]}
+
+    def warm_up(self, variants: dict[str, Variant]) -> None:
+        """Pools, pinned sessions (every worker) and the page cache of the download file."""
+        for v in variants.values():
+            load.closed_loop(
+                v.url + USER_PATH,
+                connections=64,
+                duration_s=self.args.warmup_s,
+                headers=v.headers,
+                threads=self.cores,
+                workdir=self.tmp,
+            )
+        if "download" in self.args.scenarios and "direct" in variants:
+            d = variants["direct"]
+            load.download(d.url + CSV_PATH, d.headers, d.proc.pids)
+
+    # --- scenarios -------------------------------------------------------------------------
+
+    def get(self, v: Variant, connections: int) -> dict[str, Any]:
+        pids, up_pids = v.proc.pids(), self.upstream.pids()
+        cpu0, up0, t0 = cpu_seconds(pids), cpu_seconds(up_pids), time.perf_counter()
+        result = load.closed_loop(
+            v.url + USER_PATH,
+            connections=connections,
+            duration_s=self.args.duration,
+            headers=v.headers,
+            threads=self.cores,
+            workdir=self.tmp,
+        )
+        wall = time.perf_counter() - t0
+        cpu, up = cpu_seconds(pids) - cpu0, cpu_seconds(up_pids) - up0
+        out = result.as_dict()
+        out["cpu_us_per_req"] = cpu / result.requests * 1e6 if result.requests else math.nan
+        out["cpu_cores_busy"] = cpu / wall
+        out["upstream_cores_busy"] = up / wall
+        return out
+
+    def download(self, v: Variant) -> dict[str, Any]:
+        result = load.download(v.url + CSV_PATH, v.headers, v.proc.pids)
+        if result.status != 200 or result.bytes != self.args.download_bytes:
+            self.say(f"  {v.name}: download answered {result.status} with {result.bytes} bytes")
+            result.gb_per_s = math.nan
+        return result.as_dict()
+
+    def burst(self, v: Variant) -> dict[str, Any]:
+        before = listen_overflows()
+        result = self.client.burst(v.url + SLOW_PATH, v.headers, self.args.burst).as_dict()
+        result["listen_overflows"] = listen_overflows() - before
+        return result
+
+    def cold_start(self, emulator: Proc, workers: int | None) -> dict[str, Any]:
+        before = _emulator_stats(emulator)
+        wp = servers.start_wp(
+            self.tmp, "wp-cold", emulator.url, workers, pythonpath=self.args.wp_pythonpath
+        )
+        try:
+            headers = {"Authorization": f"token {wp.extra['token']}"}
+            overflows = listen_overflows()
+            result = self.client.burst(wp.url + USER_PATH, headers, self.args.cold).as_dict()
+            result["listen_overflows"] = listen_overflows() - overflows
+        finally:
+            wp.stop()
+        after = _emulator_stats(emulator)
+        result["logins"] = after["logins"] - before["logins"]
+        result["login_attempts"] = after["login_attempts"] - before["login_attempts"]
+        result["patches"] = after["session_patches"] - before["session_patches"]
+        return result
+
+    # --- the run ---------------------------------------------------------------------------
+
+    def run(self, have_nginx: bool) -> None:
+        a = self.args
+        variants = self.variants = self.start(have_nginx, a.variants)
+        self.say("servers up: " + ", ".join(f"{v.name} ({v.workers}w)" for v in variants.values()))
+        self.warm_up(variants)
+        emulator = self.keep(servers.start_emulator(self.tmp)) if "cold" in a.scenarios else None
+        for rnd in range(a.rounds):
+            names = list(variants)
+            order = names[rnd % len(names) :] + names[: rnd % len(names)]
+            self.say(f"round {rnd + 1}/{a.rounds}: order {', '.join(order)}")
+            for conns in (1, 64):
+                if f"get{conns}" not in a.scenarios:
+                    continue
+                for name in order:
+                    r = self.get(variants[name], conns)
+                    self.raw[f"get_c{conns}"][name].append(r)
+                    self.say(
+                        f"  GET c={conns:<3} {name:16} {r['rps']:>9,.0f} req/s"
+                        f"  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
+                        f"  {r['cpu_us_per_req']:6.0f} us/req  errors {r['errors']}"
+                    )
+            if "download" in a.scenarios:
+                for name in order:
+                    r = self.download(variants[name])
+                    self.raw["download"][name].append(r)
+                    self.say(
+                        f"  download {name:16} {r['gb_per_s']:.2f} GB/s"
+                        f"  RSS +{r['rss_growth_mib']:.1f} MiB"
+                    )
+            if "burst" in a.scenarios:
+                for name in order:
+                    r = self.burst(variants[name])
+                    self.raw["burst"][name].append(r)
+                    self.say(
+                        f"  burst {a.burst} x {a.slow_s:g}s {name:16} wall {r['wall_s']:.2f} s"
+                        f"  ok {r['ok']}  {r['statuses']}  listen overflows {r['listen_overflows']}"
+                    )
+            if emulator is not None and WP in variants:
+                for workers in self.cold_configs():
+                    r = self.cold_start(emulator, workers)
+                    label = self.cold_label(workers)
+                    self.raw["cold_start"][label].append(r)
+                    self.say(
+                        f"  cold start {a.cold} ({label}) wall {r['wall_s']:.2f} s ok {r['ok']}"
+                        f"  logins {r['logins']}  PATCHes {r['patches']}"
+                        f"  listen overflows {r['listen_overflows']}"
+                    )
+
+    def cold_configs(self) -> list[int | None]:
+        if self.wp_workers is None:
+            return [None]
+        configs: list[int | None] = [self.wp_workers]
+        if self.wp_workers > 1:
+            configs.append(1)  # single flight within one process, for comparison
+        return configs
+
+    @staticmethod
+    def cold_label(workers: int | None) -> str:
+        return f"workers={workers or 1}"
+
+
+def _emulator_stats(emulator: Proc) -> dict[str, int]:
+    status, body = servers.http_call(emulator.port, "GET", "/_emulator/stats")
+    if status != 200:
+        raise RuntimeError(f"emulator stats answered {status}")
+    stats: dict[str, int] = json.loads(body)
+    return stats
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="1 round of 2 s runs (under a minute)")
+    p.add_argument("--rounds", type=int, help="rounds (default 3; 1 with --quick)")
+    p.add_argument("--duration", type=int, help="seconds per closed-loop run (5; 2 quick)")
+    p.add_argument("--warmup-s", type=int, help="seconds of warm-up per variant (1)")
+    p.add_argument("--workers", type=int, help="workers per proxy (default: cores)")
+    p.add_argument("--upstream-workers", type=int, default=1, help="nginx upstream workers")
+    p.add_argument("--variants", default=",".join(report.VARIANTS), help="comma-separated")
+    p.add_argument(
+        "--scenarios",
+        default="get1,get64,download,burst,cold",
+        help="comma-separated subset of get1,get64,download,burst,cold",
+    )
+    p.add_argument("--burst", type=int, default=2000, help="concurrent 1 s requests")
+    p.add_argument("--slow-s", type=float, default=1.0, help="upstream delay of the burst path")
+    p.add_argument("--cold", type=int, default=1000, help="concurrent first requests")
+    p.add_argument("--download-bytes", type=int, default=GIB)
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="results JSON ('' to skip)")
+    p.add_argument("--docs", default=str(DEFAULT_DOCS), help="Markdown page ('' to skip)")
+    p.add_argument(
+        "--wp-pythonpath",
+        help="run workspace-proxy from this PYTHONPATH (e.g. an experimental copy)",
+    )
+    p.add_argument(
+        "--wp-variant",
+        action="append",
+        default=[],
+        metavar="LABEL=PYTHONPATH",
+        help="also run workspace-proxy from PYTHONPATH as variant 'workspace-proxy[LABEL]'"
+        " (repeatable; for A/B experiments, interleaved with the others)",
+    )
+    p.add_argument("--no-install", action="store_true", help="never apt-get install nginx/wrk")
+    p.add_argument(
+        "--load",
+        choices=("auto", "wrk", "python"),
+        default="auto",
+        help="closed-loop load generator (auto: wrk when available)",
+    )
+    p.add_argument(
+        "--no-nginx",
+        action="store_true",
+        help="do without nginx (asyncio upstream, no nginx variant), as when it cannot be had",
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    args.rounds = args.rounds or (1 if args.quick else 3)
+    args.duration = args.duration or (2 if args.quick else 5)
+    args.warmup_s = args.warmup_s or 1
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    started = time.monotonic()
+
+    def say(message: str) -> None:
+        print(f"[bench {time.monotonic() - started:6.1f}s] {message}", flush=True)
+
+    # SIGTERM would end the interpreter without running `finally`: turn it into an exception.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    have = ensure_tools(say, install=not args.no_install)
+    if args.no_nginx:
+        have["nginx"] = False
+    if args.load == "python":
+        have["wrk"] = False
+    elif args.load == "wrk" and not have["wrk"]:
+        say("wrk was asked for but is not available")
+        return 2
+    load.USE_WRK = have["wrk"]
+    meta: dict[str, Any] = {
+        "date": now_iso(),
+        "quick": args.quick,
+        "rounds": args.rounds,
+        "duration_s": args.duration,
+        "machine": machine(),
+        "tools": tool_versions(),
+        "load_tool": "wrk" if have["wrk"] else "a multi-process Python aiohttp client (no wrk)",
+        "burst_requests": args.burst,
+        "cold_requests": args.cold,
+        "download_bytes": args.download_bytes,
+        "loadavg_before": _loadavg(),
+    }
+    say(f"machine: {meta['machine']['line']}")
+    say("tools: " + ", ".join(f"{k} {v}" for k, v in meta["tools"].items()))
+    if not have["wrk"]:
+        say("NOTE: not using wrk: load comes from the multi-process Python aiohttp client")
+    if not have["nginx"]:
+        say("NOTE: no nginx: asyncio fixed-answer upstream, and no nginx variant")
+    with tempfile.TemporaryDirectory(prefix="wp-bench-") as tmpname:
+        bench = Bench(args, Path(tmpname), say)
+        try:
+            with bench.client:
+                bench.run(have["nginx"])
+        except KeyboardInterrupt:
+            say("interrupted: stopping every server")
+            return 130
+        finally:
+            bench.stop_all()
+    used = {name.split("[")[0] for name in bench.variants}
+    meta["workers"] = {v: bench.workers for v in ("nginx", "naive") if v in used}
+    if WP in used:
+        meta["workers"][WP] = bench.wp_workers or 1
+    if have["nginx"]:
+        meta["workers"]["upstream nginx"] = args.upstream_workers
+    else:
+        meta["workers"]["asyncio upstream"] = 1
+    meta["loadavg_after"] = _loadavg()
+    meta["notes"] = bench.notes
+    results = assemble(meta, bench.raw)
+    for t in results["targets"]:
+        say(f"target {t['name']:12} {report._verdict(t['pass']):10} {t['measured']}")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(_clean(results), indent=2, allow_nan=False) + "\n")
+        say(f"wrote {out}")
+    if args.docs:
+        docs = Path(args.docs)
+        docs.parent.mkdir(parents=True, exist_ok=True)
+        docs.write_text(report.markdown(results))
+        say(f"wrote {docs}")
+    return 0
+
+
+def assemble(
+    meta: dict[str, Any], raw: dict[str, dict[str, list[dict[str, Any]]]]
+) -> dict[str, Any]:
+    plain = {k: dict(v) for k, v in raw.items()}
+    summary = report.summarise(plain)
+    cold = next(iter(plain.get("cold_start", {})), "workers=1")
+    return {
+        "meta": meta,
+        "summary": summary,
+        "ratios": report.ratios(summary),
+        "added_latency": report.added_latency(summary),
+        "targets": report.targets(summary, plain, cold),
+        "raw": plain,
+    }
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name).strip("-")
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _clean(value: Any) -> Any:
+    """NaN (a missing figure) as null, so the file is strict JSON."""
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

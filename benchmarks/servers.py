@@ -1,0 +1,459 @@
+"""The processes under test, their generated configs and fixtures.
+
+Every server listens on 127.0.0.1 only, on a free port, and is started in its own process group
+so that ``Proc.stop`` ends it and every worker it forked; the harness stops them all in
+``finally`` blocks.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.system import free_port, process_tree
+
+# --- Looker-shaped fixed answers -------------------------------------------------------------
+
+LOOKER_TOKEN = "benchlookertoken0123456789abcdefghijklmnopqrstuv"
+LOGIN_JSON = json.dumps(
+    {"access_token": LOOKER_TOKEN, "token_type": "Bearer", "expires_in": 3600},
+    separators=(",", ":"),
+)
+SESSION_JSON = json.dumps(
+    {"workspace_id": "dev", "sudo_user_id": None, "can": {"view": True, "update": True}},
+    separators=(",", ":"),
+)
+USER_JSON = json.dumps(
+    {
+        "id": "2",
+        "first_name": "Analytics",
+        "last_name": "Bot",
+        "display_name": "Analytics Bot",
+        "email": "analytics-bot@example.com",
+        "is_disabled": False,
+        "locale": "en",
+        "home_folder_id": "12",
+        "personal_folder_id": "12",
+        "role_ids": ["2", "7"],
+        "group_ids": ["1", "4"],
+        "credentials_api3": [{"id": "3", "client_id": "analytics-client-id", "is_disabled": False}],
+        "presumed_looker_employee": False,
+        "verified_looker_employee": False,
+        "roles_externally_managed": False,
+        "allow_direct_roles": True,
+        "url": "https://example.looker.com:19999/api/4.0/users/2",
+        "can": {"show": True, "index": True, "show_details": True, "sudo": False},
+    },
+    separators=(",", ":"),
+)
+
+REPO = Path(__file__).resolve().parents[1]
+USER_PATH = "/api/4.0/user"
+CSV_PATH = "/api/4.0/queries/1/run/csv"
+SLOW_PATH = "/api/4.0/queries/42/run/json"
+GIB = 1024**3
+
+# Caller and Looker credentials for the generated workspace-proxy config. The Looker pair is the
+# bundled emulator's built-in "analytics" API user; nginx accepts any credentials.
+CALLER_ID = "bench-caller"
+ENV: dict[str, str] = {
+    "WP_BENCH_SIGNING_KEY": "benchmark-signing-key-0123456789-abcdefghijklmnop",
+    "WP_BENCH_LOOKER_ID": "analytics-client-id",
+    "WP_BENCH_LOOKER_SECRET": "analytics-client-secret",
+    "WP_BENCH_CALLER_SECRET": "bench-caller-secret-0123456789",
+}
+
+
+# --- processes -------------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    """A server process group started by the harness."""
+
+    name: str
+    procs: list[subprocess.Popen[bytes]]
+    log: Path
+    port: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.procs[0].pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def pids(self) -> list[int]:
+        found: set[int] = set()
+        for p in self.procs:
+            if p.poll() is None:
+                found.update(process_tree(p.pid))
+        return sorted(found)
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p in self.procs)
+
+    def stop(self, wait_s: float = 5.0) -> None:
+        """SIGTERM to every process of the tree, SIGKILL what is left after ``wait_s``."""
+        pids = self.pids()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    continue
+            deadline = time.monotonic() + wait_s
+            for p in self.procs:
+                try:
+                    p.wait(max(0.01, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    continue
+            pids = [pid for pid in pids if Path(f"/proc/{pid}").exists() and not _zombie(pid)]
+            if not pids:
+                return
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return raw[raw.rfind(")") + 2 :].startswith("Z")
+
+
+def spawn(
+    name: str,
+    argv: Sequence[str],
+    log: Path,
+    port: int,
+    *,
+    env: Mapping[str, str] | None = None,
+    copies: int = 1,
+    cwd: Path = REPO,
+) -> Proc:
+    """Start ``copies`` identical processes in one new process group, output to ``log``."""
+    procs: list[subprocess.Popen[bytes]] = []
+    full_env = {**os.environ, **(env or {})}
+    with log.open("ab") as out:
+        first = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=cwd,
+            process_group=0,
+        )
+        procs.append(first)
+        try:
+            for _ in range(copies - 1):
+                procs.append(
+                    subprocess.Popen(
+                        list(argv),
+                        stdin=subprocess.DEVNULL,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        env=full_env,
+                        cwd=cwd,
+                        process_group=first.pid,
+                    )
+                )
+        except OSError:
+            Proc(name, procs, log, port).stop()
+            raise
+    return Proc(name, procs, log, port)
+
+
+def wait_until(proc: Proc, ready: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    """Poll ``ready`` (bounded) until it holds; fail with the server's log if it never does."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited during startup:\n{proc.tail()}")
+        if ready():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{proc.name} not ready after {timeout_s:.0f}s:\n{proc.tail()}")
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def http_call(
+    port: int,
+    method: str,
+    path: str,
+    *,
+    body: bytes | None = None,
+    headers: Mapping[str, str] | None = None,
+    timeout_s: float = 5.0,
+) -> tuple[int, bytes]:
+    """One HTTP/1.1 request to 127.0.0.1:port; (0, b"") when the connection fails."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    try:
+        conn.request(method, path, body=body, headers=dict(headers or {}))
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    except OSError:
+        return 0, b""
+    finally:
+        conn.close()
+
+
+# --- fixtures and the upstream ---------------------------------------------------------------
+
+
+def write_fixtures(root: Path, download_bytes: int) -> Path:
+    """Static files nginx serves as Looker: the user JSON and a sparse CSV of the given size."""
+    www = root / "www"
+    (www / "api/4.0/queries/1/run").mkdir(parents=True, exist_ok=True)
+    (www / "api/4.0/user").write_text(USER_JSON)
+    csv = www / "api/4.0/queries/1/run/csv"
+    with csv.open("wb") as f:
+        f.truncate(download_bytes)  # sparse: reads cost no disk I/O; the proxy never parses it
+    # nginx workers run as an unprivileged user when started by root: make the tree readable.
+    for path in [root, *www.rglob("*"), www]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return www
+
+
+def _nginx_common(tmp: Path, name: str, workers: int) -> str:
+    return f"""
+worker_processes {workers};
+daemon off;
+pid {tmp}/{name}.pid;
+error_log {tmp}/{name}-error.log warn;
+worker_rlimit_nofile 20000;
+events {{ worker_connections 10000; }}
+"""
+
+
+def _nginx_temp_paths(tmp: Path, name: str) -> str:
+    return "\n".join(
+        f"  {kind}_temp_path {tmp}/{name}-{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+
+
+def nginx_upstream_conf(tmp: Path, www: Path, port: int, slow_port: int, workers: int) -> str:
+    """Looker as fixed answers: static JSON, login/session via ``return``, slow path proxied."""
+    login = LOGIN_JSON.replace("'", "\\'")
+    session = SESSION_JSON.replace("'", "\\'")
+    return f"""{_nginx_common(tmp, "upstream", workers)}
+http {{
+  access_log off;
+{_nginx_temp_paths(tmp, "upstream")}
+  sendfile on;
+  tcp_nopush on;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  default_type application/json;
+  upstream slow {{ server 127.0.0.1:{slow_port}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    root {www};
+    location = /api/4.0/login {{ return 200 '{login}'; }}
+    location = /api/4.0/session {{ return 200 '{session}'; }}
+    location = /api/4.0/logout {{ return 204; }}
+    location = {SLOW_PATH} {{
+      proxy_pass http://slow;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+    location = {CSV_PATH} {{ default_type text/csv; }}
+    location /api/ {{ }}
+  }}
+}}
+"""
+
+
+def nginx_proxy_conf(tmp: Path, port: int, upstream_port: int, workers: int) -> str:
+    """nginx as a plain reverse proxy: upstream keep-alive, access log on (buffered)."""
+    return f"""{_nginx_common(tmp, "proxy", workers)}
+http {{
+  access_log {tmp}/nginx-proxy-access.log combined buffer=64k flush=1s;
+{_nginx_temp_paths(tmp, "proxy")}
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  upstream looker {{
+    server 127.0.0.1:{upstream_port};
+    keepalive 256;
+    keepalive_requests 10000000;
+  }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      proxy_pass http://looker;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_read_timeout 60s;
+      proxy_max_temp_file_size 0;
+    }}
+  }}
+}}
+"""
+
+
+def start_nginx(tmp: Path, name: str, conf: str, port: int) -> Proc:
+    path = tmp / f"{name}.conf"
+    path.write_text(conf)
+    proc = spawn(name, ["nginx", "-p", f"{tmp}/", "-c", str(path)], tmp / f"{name}.out", port)
+    wait_until(proc, lambda: port_open(port), 15)
+    return proc
+
+
+def start_fixed(tmp: Path, delay_s: float, csv_bytes: int) -> Proc:
+    """The asyncio fixed-answer upstream (slow path; the whole upstream when nginx is missing)."""
+    port = free_port()
+    argv = [sys.executable, "-m", "benchmarks.fixed_upstream", "--port", str(port)]
+    argv += ["--delay", str(delay_s), "--csv-bytes", str(csv_bytes)]
+    proc = spawn("fixed-upstream", argv, tmp / "fixed-upstream.log", port)
+    wait_until(proc, lambda: port_open(port), 15)
+    return proc
+
+
+def start_naive(tmp: Path, upstream: str, workers: int) -> Proc:
+    port = free_port()
+    log = tmp / "naive.log"
+    argv = [sys.executable, "-m", "benchmarks.naive_proxy", "--port", str(port)]
+    proc = spawn("naive", [*argv, "--upstream", upstream], log, port, copies=workers)
+
+    def all_listening() -> bool:
+        return log.read_text(errors="replace").count("listening") >= workers
+
+    wait_until(proc, all_listening, 20)
+    return proc
+
+
+def start_emulator(tmp: Path) -> Proc:
+    port = free_port()
+    argv = [sys.executable, "-m", "benchmarks.emulator", "--port", str(port)]
+    proc = spawn("emulator", argv, tmp / "emulator.log", port)
+    wait_until(proc, lambda: http_call(port, "GET", "/_emulator/stats")[0] == 200, 20)
+    return proc
+
+
+# --- workspace-proxy -------------------------------------------------------------------------
+
+
+def wp_supports_workers(tmp: Path, env: Mapping[str, str] | None = None) -> bool:
+    """True when ``workspace-proxy serve --help`` lists ``--workers``."""
+    done = subprocess.run(
+        [sys.executable, "-m", "workspace_proxy", "serve", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, **(env or {})},
+        cwd=tmp,
+    )
+    return "--workers" in done.stdout
+
+
+def wp_config(looker_url: str, port: int, admin_port: int) -> dict[str, Any]:
+    """A real config: one team pinned to dev, one caller, access log (info) and metrics on.
+
+    ``max_connections`` and ``max_concurrency`` are raised from their defaults (1000 and 256 per
+    process) so that the 2,000-request burst measures the proxy and not a configured cap.
+    """
+    return {
+        "looker": {
+            "base_url": looker_url,
+            "api_versions": ["4.0"],
+            "timeouts": {"connect_s": 5, "read_s": 60, "session_s": 10},
+            "max_connections": 4096,
+            "verify_tls": True,
+        },
+        "listen": {"host": "127.0.0.1", "port": port},
+        "admin": {"host": "127.0.0.1", "port": admin_port},
+        "shutdown": {"drain_s": 0, "grace_s": 2},
+        "log_level": "info",
+        "token_signing_key": {"env": "WP_BENCH_SIGNING_KEY"},
+        "teams": {
+            "analytics": {
+                "workspace": "dev",
+                "looker_client_id": {"env": "WP_BENCH_LOOKER_ID"},
+                "looker_client_secret": {"env": "WP_BENCH_LOOKER_SECRET"},
+                "max_concurrency": 4096,
+                "callers": [
+                    {"client_id": CALLER_ID, "client_secret": {"env": "WP_BENCH_CALLER_SECRET"}}
+                ],
+            }
+        },
+    }
+
+
+def caller_login(port: int) -> str | None:
+    body = f"client_id={CALLER_ID}&client_secret={ENV['WP_BENCH_CALLER_SECRET']}".encode()
+    status, raw = http_call(
+        port,
+        "POST",
+        "/api/4.0/login",
+        body=body,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    if status != 200:
+        return None
+    token = json.loads(raw).get("access_token")
+    return token if isinstance(token, str) else None
+
+
+def start_wp(
+    tmp: Path,
+    name: str,
+    looker_url: str,
+    workers: int | None,
+    *,
+    pythonpath: str | None = None,
+) -> Proc:
+    """``python -m workspace_proxy serve`` with a generated config; ``extra['token']`` is set."""
+    port, admin_port = free_port(), free_port()
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(wp_config(looker_url, port, admin_port), sort_keys=False))
+    argv = [sys.executable, "-m", "workspace_proxy", "serve", "-c", str(path)]
+    argv += ["--port", str(port), "--admin-port", str(admin_port)]
+    if workers is not None:
+        argv += ["--workers", str(workers)]
+    env = dict(ENV)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    # cwd is the temp dir: `python -m` puts the cwd first on sys.path, which would shadow a
+    # PYTHONPATH copy of the package with the checkout's own.
+    proc = spawn(name, argv, tmp / f"{name}.log", port, env=env, cwd=tmp)
+    token: list[str] = []
+
+    def logged_in() -> bool:
+        got = caller_login(port)
+        if got:
+            token.append(got)
+        return bool(got)
+
+    wait_until(proc, logged_in, 30)
+    proc.extra["token"] = token[0]
+    proc.extra["admin_port"] = admin_port
+    return proc
