@@ -8,7 +8,6 @@ generation Looker rejected so the broker re-pins at most once per session.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -18,6 +17,7 @@ from aiohttp import web
 
 from workspace_proxy.config import Config, Secret, TeamConfig
 from workspace_proxy.errors import SessionUnavailable
+from workspace_proxy.flight import SingleFlight
 from workspace_proxy.metrics import Metrics
 from workspace_proxy.tokens import Clock, PinnedSession, ProviderFactory, TokenManager
 
@@ -76,8 +76,8 @@ class RemoteTeamSession:
         self._clock = clock
         self._current: PinnedSession | None = None
         self._next_check = 0.0
-        self._flight: asyncio.Task[PinnedSession] | None = None
         self._failed = False
+        self._flight: SingleFlight[PinnedSession] = SingleFlight(self._done)
 
     @property
     def team(self) -> TeamConfig:
@@ -94,8 +94,8 @@ class RemoteTeamSession:
     async def get(self) -> PinnedSession:
         s, now = self._current, self._clock()
         if s is not None and now < s.usable_until:
-            if now >= max(s.refresh_at, self._next_check) and self._flight is None:
-                self._fetch(None)  # the broker refreshes; keep serving the pinned session
+            if now >= max(s.refresh_at, self._next_check) and not self._flight.running:
+                self._flight.start(lambda: self._ask(None))  # the broker refreshes meanwhile
             return s
         return await self._wait(None)
 
@@ -106,27 +106,13 @@ class RemoteTeamSession:
         return await self.get()
 
     async def close(self, *, wait: bool = False) -> None:
-        flight = self._flight
-        if flight is not None:
-            if not wait:
-                flight.cancel()
-            await asyncio.gather(flight, return_exceptions=True)
+        await self._flight.close(wait=wait)
 
-    def _fetch(self, stale: int | None) -> asyncio.Task[PinnedSession]:
-        flight = asyncio.get_running_loop().create_task(self._ask(stale))
-        flight.add_done_callback(self._done)
-        self._flight = flight
-        return flight
-
-    def _done(self, flight: asyncio.Task[PinnedSession]) -> None:
-        if self._flight is flight:
-            self._flight = None
-        if not flight.cancelled():
-            self._failed = flight.exception() is not None
+    def _done(self, error: BaseException | None) -> None:
+        self._failed = error is not None
 
     async def _wait(self, stale: int | None) -> PinnedSession:
-        flight = self._flight or self._fetch(stale)
-        return await asyncio.shield(flight)
+        return await self._flight.join(lambda: self._ask(stale))
 
     async def _ask(self, stale: int | None) -> PinnedSession:
         answer = await self._client.ask(self._team.name, stale)

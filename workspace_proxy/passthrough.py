@@ -9,7 +9,6 @@ token fingerprint for a bounded time, so replicas stay stateless.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import structlog
 
 from workspace_proxy.config import Config, Secret, TeamConfig
 from workspace_proxy.errors import Forbidden, LoginFailed, NotFound
+from workspace_proxy.flight import SingleFlight
 from workspace_proxy.looker import LookerClient, LookerToken
 from workspace_proxy.tokens import Clock, PinnedSession, deadlines, fingerprint
 
@@ -42,7 +42,7 @@ class Passthrough:
         self._client = client
         self._clock = clock
         self._known: OrderedDict[str, Pinned] = OrderedDict()
-        self._flights: dict[str, asyncio.Task[Pinned]] = {}
+        self._flights: dict[str, SingleFlight[Pinned]] = {}
 
     def team_for_login(self, client_id: str | None) -> TeamConfig | None:
         return self._config.passthrough_team(client_id) if client_id else None
@@ -75,10 +75,12 @@ class Passthrough:
             return known
         flight = self._flights.get(key)
         if flight is None:
-            flight = asyncio.get_running_loop().create_task(self._first_sight(token))
-            self._flights[key] = flight
-            flight.add_done_callback(lambda _: self._flights.pop(key, None))
-        return await asyncio.shield(flight)
+
+            def landed(_: BaseException | None) -> None:
+                self._flights.pop(key, None)
+
+            flight = self._flights[key] = SingleFlight(landed)
+        return await flight.join(lambda: self._first_sight(token))
 
     def forget(self, token: Secret) -> None:
         """Looker rejected the token, or the caller logged out."""

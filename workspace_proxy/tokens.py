@@ -22,6 +22,7 @@ import structlog
 
 from workspace_proxy.config import Retry, Secret, TeamConfig
 from workspace_proxy.errors import SessionUnavailable
+from workspace_proxy.flight import SingleFlight
 from workspace_proxy.looker import LookerToken
 
 log = structlog.get_logger("workspace_proxy.tokens")
@@ -106,7 +107,7 @@ class TeamSession:
         self._events = events or _NoEvents()
         self._rand = rand
         self._current: PinnedSession | None = None
-        self._flight: asyncio.Task[PinnedSession] | None = None
+        self._flight: SingleFlight[PinnedSession] = SingleFlight()
         self._generation = 0
         self._failures = 0
         self._retry_at = 0.0
@@ -131,8 +132,8 @@ class TeamSession:
         s = self._current
         now = self._clock()
         if s is not None and now < s.usable_until:
-            if now >= s.refresh_at and self._flight is None and now >= self._retry_at:
-                self._start_flight("refresh")
+            if now >= s.refresh_at and not self._flight.running and now >= self._retry_at:
+                self._flight.start(lambda: self._pin_with_retries("refresh"))
             return s
         return await self._wait_for_flight("login")
 
@@ -142,7 +143,7 @@ class TeamSession:
             self._current = None
             self._events.session_event(self.team.name, "reauth", "started")
             log.info("session_rejected", team=self.team.name, generation=stale.generation)
-            if self._flight is not None and not self._flight.done():
+            if self._flight.running:
                 # A refresh that started before the rejection may still land and be fine; but it
                 # may also have been started on the same, now dead, credentials: wait for it.
                 return await self._wait_for_flight("reauth")
@@ -152,35 +153,17 @@ class TeamSession:
     async def close(self, *, wait: bool = False) -> None:
         """No new logins from now on; cancel a login under way, or let it finish (``wait``)."""
         self._closed = True
-        flight = self._flight
-        if flight is not None:
-            if not wait:
-                flight.cancel()
-            await asyncio.gather(flight, return_exceptions=True)
-
-    def _start_flight(self, reason: str) -> asyncio.Task[PinnedSession]:
-        flight = asyncio.get_running_loop().create_task(self._pin_with_retries(reason))
-        flight.add_done_callback(self._flight_done)
-        self._flight = flight
-        return flight
-
-    def _flight_done(self, flight: asyncio.Task[PinnedSession]) -> None:
-        if self._flight is flight:
-            self._flight = None
-        if not flight.cancelled():
-            flight.exception()  # retrieved: waiters got it; a lone refresh failure is logged
+        await self._flight.close(wait=wait)
 
     async def _wait_for_flight(self, reason: str, *, ignore_backoff: bool = False) -> PinnedSession:
         if self._closed:
             raise SessionUnavailable("the proxy is shutting down", retry_after=1.0, kind="closed")
-        flight = self._flight
-        if flight is None:
+        if not self._flight.running:
             wait = self._retry_at - self._clock()
             if wait > 0 and self._last_error is not None and not ignore_backoff:
                 # Looker failed moments ago: answer at once instead of hammering it.
                 raise _again(self._last_error, wait)
-            flight = self._start_flight(reason)
-        return await asyncio.shield(flight)
+        return await self._flight.join(lambda: self._pin_with_retries(reason))
 
     async def _pin_with_retries(self, reason: str) -> PinnedSession:
         loop = asyncio.get_running_loop()  # retries sleep in real time, so the deadline is real
