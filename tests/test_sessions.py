@@ -111,8 +111,8 @@ async def test_401_for_an_already_replaced_session_does_not_log_in_again(
     token = await proxy.login("analytics")
     assert await _status(proxy, token) == 200
     looker.faults.latency_s = 0.3
-    slow = asyncio.ensure_future(_status(proxy, token))  # in flight under session 1
-    await asyncio.sleep(0.1)
+    slow = asyncio.ensure_future(_status(proxy, token, "/api/4.0/looks/1"))  # under session 1
+    await looker.arrived("/looks/1")
     looker.revoke_all_tokens()
     looker.faults.latency_s = 0.0
     assert await _status(proxy, token) == 200  # 401 -> re-login (session 2) -> replay
@@ -234,14 +234,15 @@ async def test_tokens_dying_earlier_than_announced(
     make_looker: MakeLooker, make_proxy: MakeProxy
 ) -> None:
     """Looker says 3600 s but tokens die after 0.3 s: 401s absorbed, every call 200 and pinned."""
-    looker = await make_looker()
+    clock = FakeClock()
+    looker = await make_looker(clock=clock)
     looker.faults.token_ttl_override = 0.3
     proxy = await make_proxy(looker)
     token = await proxy.login("analytics")
     statuses = []
     for _ in range(4):
         statuses.append(await _status(proxy, token))
-        await asyncio.sleep(0.35)
+        clock.now += 0.35  # Looker's time: the session just died, the proxy thinks it lives
     assert statuses == [200] * 4
     assert looker.logins == 4
     assert_every_call_pinned(looker)
