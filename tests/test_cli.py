@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -233,3 +234,32 @@ async def test_a_token_smuggled_into_the_request_id_is_not_logged(
     assert smuggled not in "\n".join(proc.lines)
     assert lines[0]["request_id"] == "[redacted]"
     assert len(lines[1]["request_id"]) == 32
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_check_config_accepts_every_example(path: Path, tmp_path: Path) -> None:
+    """check-config exits 0 on every file in config/ once its env vars and secret files exist."""
+    text = path.read_text()
+    env = {name: f"{name.lower()}-0123456789abcdef0123456789abcdef" for name in _refs(text, "env")}
+    for ref in _refs(text, "file"):
+        (tmp_path / ref).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / ref).write_text("a-secret-from-a-file\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "workspace_proxy", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    teams = yaml.safe_load(text)["teams"]
+    for team in teams:
+        assert f"team {team}: workspace " in result.stdout
+    for value in env.values():
+        assert value not in result.stdout
+
+
+def _refs(text: str, kind: str) -> set[str]:
+    return set(re.findall(rf"\{{{kind}: ([^}}]+)\}}", text))
