@@ -150,7 +150,8 @@ class ProxyProcess:
         self.port = port
         self.admin_port = admin_port
         self.lines: list[str] = []
-        self._reader: asyncio.Task[None] | None = None
+        self.reader: asyncio.Task[None] | None = None
+        """Reads the process's output; done when every writer (workers too) has closed it."""
         self._new_line = asyncio.Event()
 
     @property
@@ -183,7 +184,7 @@ class ProxyProcess:
         )  # fmt: skip
         self = cls(proc, port, admin_port)
         listening = asyncio.get_running_loop().create_future()
-        self._reader = asyncio.get_running_loop().create_task(self._read(listening))
+        self.reader = asyncio.get_running_loop().create_task(self._read(listening))
         await asyncio.wait_for(listening, 20)
         return self
 
@@ -210,16 +211,20 @@ class ProxyProcess:
         if sig is not None and self.proc.returncode is None:
             self.proc.send_signal(sig)
         code = await asyncio.wait_for(self.proc.wait(), wait_s)
-        if self._reader is not None:
-            await self._reader
+        if self.reader is not None:
+            await self.reader
         return code
 
     async def kill(self) -> None:
         if self.proc.returncode is None:
             self.proc.kill()
         await self.proc.wait()
-        if self._reader is not None:
-            await self._reader
+        if self.reader is not None:
+            # Orphaned children may still hold the output open: stop reading after a while.
+            done, _ = await asyncio.wait([self.reader], timeout=5)
+            if not done:
+                self.reader.cancel()
+                await asyncio.gather(self.reader, return_exceptions=True)
 
 
 def free_port() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from pathlib import Path
 
 import aiohttp
@@ -84,3 +85,24 @@ async def test_workers_reload_on_sighup(looker: LookerEmulator, tmp_path: Path) 
     finally:
         await proc.kill()
     assert (looker.logins, looker.session_patches) == (2, 2)
+
+
+async def test_workers_exit_when_the_supervisor_is_killed(
+    looker: LookerEmulator, tmp_path: Path
+) -> None:
+    """SIGKILL to the supervisor: every worker drains and exits, and the port is free again."""
+    raw = raw_config(looker.base_url, shutdown={"drain_s": 0.1, "grace_s": 2})
+    proc = await ProxyProcess.start(raw, tmp_path, "--workers", "2")
+    try:
+        await proc.wait_for_event("listening", count=2)
+        proc.proc.kill()
+        await asyncio.wait_for(proc.proc.wait(), 10)
+        assert proc.reader is not None
+        # Workers share the supervisor's stdout: it closes once the last of them has exited.
+        await asyncio.wait_for(proc.reader, 20)
+    finally:
+        await proc.kill()
+    stopped = [e for e in proc.events() if e["event"] == "stopped" and "worker" in e]
+    assert len(stopped) == 2
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", proc.port))  # nobody listens there any more

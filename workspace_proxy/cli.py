@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import dataclasses
 import os
 import signal
@@ -144,7 +145,9 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         if workers > 1 and not args.broker:
             return _supervise(config, args.config, workers)
-        asyncio.run(serve(config, config_path=args.config, broker=args.broker))
+        asyncio.run(
+            serve(config, config_path=args.config, broker=args.broker, supervisor=os.getppid())
+        )
     except OSError as exc:
         structlog.get_logger("workspace_proxy").error("cannot_listen", error=str(exc))
         return EXIT_FAILURE
@@ -181,8 +184,23 @@ async def _reload_on_hangup(app: web.Application, path: str, hangup: asyncio.Eve
         await reload(app, new)
 
 
+def _term_when_supervisor_dies(supervisor: int) -> None:
+    """Linux: the kernel sends this worker SIGTERM if its supervisor dies (killed, crashed), so
+    it drains and exits instead of holding the shared port with no sessions behind it."""
+    if sys.platform != "linux":
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != supervisor:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 async def serve(
-    config: Config, *, config_path: str | None = None, broker: str | None = None
+    config: Config,
+    *,
+    config_path: str | None = None,
+    broker: str | None = None,
+    supervisor: int = 0,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then drain: readiness 503, keep serving, wait for in-flight.
 
@@ -224,9 +242,11 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
     hangup = asyncio.Event()
     loop.add_signal_handler(signal.SIGHUP, hangup.set)
-    reloader = (
-        loop.create_task(_reload_on_hangup(app, config_path, hangup)) if config_path else None
-    )
+    tasks = []
+    if config_path:
+        tasks.append(loop.create_task(_reload_on_hangup(app, config_path, hangup)))
+    if client is not None:
+        _term_when_supervisor_dies(supervisor)
     try:
         await web.TCPSite(
             runner,
@@ -253,9 +273,9 @@ async def serve(
         app[DRAINING][0] = True
         await asyncio.sleep(config.shutdown.drain_s)
     finally:
-        if reloader is not None:
-            reloader.cancel()
-            await asyncio.gather(reloader, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await runner.cleanup()
         await admin.cleanup()
         logger.info("stopped")
