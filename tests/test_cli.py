@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
-from harness import ENV, SIGNING_KEY, ProxyProcess, raw_config
+from harness import ENV, SIGNING_KEY, ProxyProcess, raw_config, raw_http
 
 from workspace_proxy.emulator import LookerEmulator
 
@@ -263,3 +263,22 @@ def test_check_config_accepts_every_example(path: Path, tmp_path: Path) -> None:
 
 def _refs(text: str, kind: str) -> set[str]:
     return set(re.findall(rf"\{{{kind}: ([^}}]+)\}}", text))
+
+
+async def test_header_limits_are_configurable(looker: LookerEmulator, tmp_path: Path) -> None:
+    """limits.max_header_bytes / max_headers bound what the parser accepts (400 beyond)."""
+    raw = raw_config(looker.base_url, limits={"max_header_bytes": 2048, "max_headers": 20})
+    proc = await ProxyProcess.start(raw, tmp_path)
+
+    def request(*headers: str) -> bytes:
+        lines = ["GET /versions HTTP/1.1", "Host: proxy.test", *headers, "Connection: close"]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+    try:
+        ok, _ = await raw_http(proc.url, request("X-Big: " + "a" * 1500))
+        long_line, _ = await raw_http(proc.url, request("X-Big: " + "a" * 3000))
+        many, _ = await raw_http(proc.url, request(*(f"X-H{i}: v" for i in range(30))))
+    finally:
+        await proc.kill()
+    assert (ok, long_line, many) == (200, 400, 400)
+    assert looker.audit_paths("/versions") == [looker.audit_paths("/versions")[0]]

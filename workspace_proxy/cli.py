@@ -227,6 +227,9 @@ async def serve(
         access_log=None,
         shutdown_timeout=config.shutdown.grace_s,
         keepalive_timeout=KEEPALIVE_S,
+        max_line_size=config.limits.max_header_bytes,
+        max_field_size=config.limits.max_header_bytes,
+        max_headers=config.limits.max_headers,
     )
     admin = web.AppRunner(
         create_admin_app(

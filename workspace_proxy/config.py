@@ -122,6 +122,10 @@ class Limits:
     max_request_body_bytes: int = 64 * 1024 * 1024
     replay_buffer_bytes: int = 64 * 1024
     """Request bodies up to this size are buffered so the call can be replayed after a re-login."""
+    max_header_bytes: int = 8190
+    """Longest request line or header line; longer ones are refused (400) by the HTTP parser."""
+    max_headers: int = 128
+    """Most header lines in one request."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -639,7 +643,10 @@ def parse_config(raw: object, *, env: Env | None = None, source: str = "<memory>
         grace_s=_number(sraw, "grace_s", "shutdown", Shutdown().grace_s, problems, minimum=0),
     )
     limraw = _mapping(
-        data.get("limits"), "limits", {"max_request_body_bytes", "replay_buffer_bytes"}, problems
+        data.get("limits"),
+        "limits",
+        {"max_request_body_bytes", "replay_buffer_bytes", "max_header_bytes", "max_headers"},
+        problems,
     )
     dl = Limits()
     limits = Limits(
@@ -654,6 +661,10 @@ def parse_config(raw: object, *, env: Env | None = None, source: str = "<memory>
         replay_buffer_bytes=_number(
             limraw, "replay_buffer_bytes", "limits", dl.replay_buffer_bytes, problems, minimum=0
         ),
+        max_header_bytes=_number(
+            limraw, "max_header_bytes", "limits", dl.max_header_bytes, problems, minimum=1024
+        ),
+        max_headers=_number(limraw, "max_headers", "limits", dl.max_headers, problems, minimum=16),
     )
     ttl = _number(data, "caller_token_ttl_s", "", 3600, problems, minimum=120)
     log_level = "info"
