@@ -5,8 +5,10 @@ routes that reveal exactly what the proxy sent (headers, path, query, body)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,6 +16,7 @@ import pytest
 from aiohttp import web
 from harness import Proxy, raw_http
 from pytest_aiohttp import AiohttpServer
+from yarl import URL
 
 from workspace_proxy.emulator import LookerEmulator
 
@@ -197,3 +200,36 @@ async def test_upstream_unreachable_mid_run_gives_502(
     assert resp.status == 502
     body = json.loads(await resp.text())
     assert body["message"] == "workspace-proxy: Looker is unavailable."
+
+
+@pytest.mark.parametrize("declared", [100, 200_000])
+async def test_a_stalled_request_body_gets_408(
+    looker: LookerEmulator, make_proxy: MakeProxy, declared: int
+) -> None:
+    """A caller that stops sending its body (buffered or streamed) gets 408; the slot is freed."""
+    proxy = await make_proxy(
+        looker,
+        limits={"body_idle_timeout_s": 0.3},
+        team_settings={"finance": {"max_concurrency": 1}},
+    )
+    token = await proxy.login("finance")
+    head = (
+        f"POST /api/4.0/queries HTTP/1.1\r\nHost: proxy.test\r\nAuthorization: token {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {declared}\r\n\r\n"
+    ).encode()
+    url = URL(proxy.base_url)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(head + b'{"model": "sa')  # ... and nothing more
+        # aiohttp lingers before closing (to let the rest of a body drain), so read the answer
+        # by its framing rather than until the connection closes.
+        async with asyncio.timeout(10):
+            answer = await reader.readuntil(b"\r\n\r\n")
+            length = int(re.search(rb"Content-Length: (\d+)", answer)[1])  # type: ignore[index]
+            body = await reader.readexactly(length)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b"Connection: close" in answer
+    assert b"did not arrive in time" in body
+    assert (await proxy.call("GET", "/api/4.0/user", token)).status == 200  # slot was freed

@@ -126,6 +126,8 @@ class Limits:
     """Longest request line or header line; longer ones are refused (400) by the HTTP parser."""
     max_headers: int = 128
     """Most header lines in one request."""
+    body_idle_timeout_s: float = 60.0
+    """A caller whose request body stalls longer than this gets 408 (its slot is freed)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -645,7 +647,13 @@ def parse_config(raw: object, *, env: Env | None = None, source: str = "<memory>
     limraw = _mapping(
         data.get("limits"),
         "limits",
-        {"max_request_body_bytes", "replay_buffer_bytes", "max_header_bytes", "max_headers"},
+        {
+            "max_request_body_bytes",
+            "replay_buffer_bytes",
+            "max_header_bytes",
+            "max_headers",
+            "body_idle_timeout_s",
+        },
         problems,
     )
     dl = Limits()
@@ -665,6 +673,9 @@ def parse_config(raw: object, *, env: Env | None = None, source: str = "<memory>
             limraw, "max_header_bytes", "limits", dl.max_header_bytes, problems, minimum=1024
         ),
         max_headers=_number(limraw, "max_headers", "limits", dl.max_headers, problems, minimum=16),
+        body_idle_timeout_s=_number(
+            limraw, "body_idle_timeout_s", "limits", dl.body_idle_timeout_s, problems, minimum=0.1
+        ),
     )
     ttl = _number(data, "caller_token_ttl_s", "", 3600, problems, minimum=120)
     log_level = "info"

@@ -383,16 +383,36 @@ async def _request_body(request: web.Request, config: Config) -> tuple[Any, bool
     limit = config.limits.max_request_body_bytes
     if length is not None and length > limit:
         raise BadRequest(f"Request body larger than {limit} bytes.", status=413)
+    idle = config.limits.body_idle_timeout_s
     if length is not None and length <= config.limits.replay_buffer_bytes:
-        body = await request.content.readexactly(length) if length else b""
+        try:
+            async with asyncio.timeout(idle):
+                body = await request.content.readexactly(length) if length else b""
+        except (TimeoutError, asyncio.IncompleteReadError):
+            raise _body_stalled() from None
         request[INFO].bytes_in = len(body)
         return body, True
-    return _stream_body(request, limit), False
+    return _stream_body(request, limit, idle), False
 
 
-async def _stream_body(request: web.Request, limit: int) -> AsyncIterator[bytes]:
+def _body_stalled() -> BadRequest:
+    # The rest of the body may never come: answer and close rather than wait to drain it.
+    return BadRequest(
+        "workspace-proxy: the request body did not arrive in time.", status=408, close=True
+    )
+
+
+async def _stream_body(request: web.Request, limit: int, idle: float) -> AsyncIterator[bytes]:
+    """The caller's body in chunks; a stall longer than ``idle`` ends the request (408)."""
     info = request[INFO]
-    async for chunk in request.content.iter_chunked(CHUNK):
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            raise _body_stalled() from None
+        if not chunk:
+            return
         info.bytes_in += len(chunk)
         if info.bytes_in > limit:
             raise BadRequest(f"Request body larger than {limit} bytes.", status=413)
