@@ -159,6 +159,20 @@ async def test_hop_by_hop_and_spoofed_forwarding_headers_are_dropped(echo_proxy:
     assert headers["host"] == echo_proxy.config.looker.base_url.removeprefix("http://")
 
 
+async def test_no_headers_are_invented(echo_proxy: Proxy) -> None:
+    """Looker sees no Accept-Encoding, User-Agent or Content-Type the caller did not send."""
+    token = await echo_proxy.login("analytics")
+    request = (
+        f"POST /api/4.0/echo HTTP/1.1\r\nHost: x\r\nAuthorization: token {token}\r\n"
+        f"Content-Length: 2\r\nConnection: close\r\n\r\nhi"
+    ).encode()
+    status, raw = await raw_http(echo_proxy.base_url, request)
+    assert status == 200
+    sent = json.loads(raw.split(b"\r\n\r\n", 1)[1])["headers"]
+    names = {k.lower() for k, _ in sent}
+    assert not names & {"accept-encoding", "user-agent", "content-type", "accept"}, names
+
+
 async def test_path_query_and_body_arrive_unchanged(echo_proxy: Proxy) -> None:
     """The encoded query and a binary body reach Looker byte for byte."""
     body = bytes(range(256)) * 1000

@@ -48,6 +48,10 @@ log = structlog.get_logger("workspace_proxy.proxy")
 CHUNK: Final = 256 * 1024
 _SMALL_BODY: Final = 64 * 1024
 _USER_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NOT_INVENTED: Final = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+"""Headers aiohttp's client would add when the caller did not send them. Inventing
+``Accept-Encoding: gzip`` would hand an uncompressing caller a gzip body (bodies pass through
+untouched), so Looker sees the caller's own headers only."""
 _NOT_UTF8: Final = re.compile("[\udc80-\udcff]")  # bytes aiohttp could not decode
 DOCS_URL: Final = "https://cloud.google.com/looker/docs/"
 
@@ -490,6 +494,7 @@ async def _send(
             timeout=view.forward_timeout,
             ssl=view.ssl,
             auto_decompress=False,
+            skip_auto_headers=_NOT_INVENTED,
         )
     except aiohttp.ClientError as exc:
         if isinstance(exc.__cause__, BadRequest):  # the caller's streamed body was too large
