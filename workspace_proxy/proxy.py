@@ -47,6 +47,7 @@ log = structlog.get_logger("workspace_proxy.proxy")
 
 CHUNK: Final = 256 * 1024
 _SMALL_BODY: Final = 64 * 1024
+_ONE_WRITE: Final = 64 * 1024
 _USER_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _NOT_INVENTED: Final = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 """Headers aiohttp's client would add when the caller did not send them. Inventing
@@ -525,9 +526,13 @@ async def _stream_back(
     try:
         headers = downstream_headers(upstream.headers)
         length = upstream.content_length
-        if length is not None and length <= CHUNK and _has_body(request.method, upstream.status):
-            # A body of at most one chunk and known size goes out with the headers in one
-            # write (bounded: never more than CHUNK bytes in memory).
+        if (
+            length is not None
+            and length <= _ONE_WRITE
+            and _has_body(request.method, upstream.status)
+        ):
+            # A small body of known size goes out with the headers in one write (bounded: at
+            # most _ONE_WRITE bytes held per request).
             try:
                 body = await upstream.content.readexactly(length) if length else b""
             except asyncio.IncompleteReadError:
