@@ -123,19 +123,24 @@ async def _add_request_id(request: web.Request, response: web.StreamResponse) ->
         response.headers["X-Request-Id"] = info.request_id
 
 
+def upstream_session(config: Config) -> aiohttp.ClientSession:
+    """The one client to Looker of a process: pooled, bodies untouched, no cookies, no proxies
+    from the environment."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(
+            limit=config.pool_size, limit_per_host=0, enable_cleanup_closed=True
+        ),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+        read_bufsize=CHUNK,  # larger reads from Looker: fewer, bigger writes to the caller
+    )
+
+
 def _resources(clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]:
     async def resources(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
-        connector = aiohttp.TCPConnector(
-            limit=config.pool_size, limit_per_host=0, enable_cleanup_closed=True
-        )
-        async with aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=False,
-            read_bufsize=CHUNK,  # larger reads from Looker: fewer, bigger writes to the caller
-        ) as http:
+        async with upstream_session(config) as http:
             sessions = TokenManager(
                 config.managed_teams, app[PROVIDERS](http, config, clock, app[METRICS])
             )

@@ -45,12 +45,12 @@ class IssuedToken:
     expires_in: int
 
     def as_looker_json(self) -> dict[str, object]:
-        """Exactly the keys Looker returns (spectacles crashes on any other key)."""
-        return {
-            "access_token": self.access_token.reveal(),
-            "token_type": "Bearer",
-            "expires_in": self.expires_in,
-        }
+        return access_token_json(self.access_token, self.expires_in)
+
+
+def access_token_json(token: Secret, expires_in: int) -> dict[str, object]:
+    """A login answer with exactly the keys Looker returns (spectacles crashes on any other)."""
+    return {"access_token": token.reveal(), "token_type": "Bearer", "expires_in": expires_in}
 
 
 def _b64(data: bytes) -> str:

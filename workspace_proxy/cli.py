@@ -178,7 +178,7 @@ async def _reload_on_hangup(app: web.Application, path: str, hangup: asyncio.Eve
             logger.error("config_reload_rejected", path=path, problems=exc.problems)
             continue
         current = app[STATE].view.config
-        new = dataclasses.replace(new, listen=current.listen, admin=current.admin)
+        new = new.keeping_listeners(current)
         if new.log_level != current.log_level:
             log.configure(new.log_level)
         await reload(app, new)

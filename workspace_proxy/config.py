@@ -7,6 +7,7 @@ returns a :class:`Config`, or raises one :class:`ConfigError` that lists every p
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -179,6 +180,10 @@ class Config:
     caller_token_ttl_s: int = 3600
     log_level: str = "info"
     source: str = "<memory>"
+
+    def keeping_listeners(self, running: Config) -> Config:
+        """This config with the running one's listeners: a reload cannot move a bound socket."""
+        return dataclasses.replace(self, listen=running.listen, admin=running.admin)
 
     @property
     def pool_size(self) -> int:

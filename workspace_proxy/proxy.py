@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from workspace_proxy.auth import CallerAuth, bearer_value, is_proxy_token
+from workspace_proxy.auth import CallerAuth, access_token_json, bearer_value, is_proxy_token
 from workspace_proxy.config import WORKSPACES, Config, Secret, TeamConfig
 from workspace_proxy.errors import (
     BadRequest,
@@ -208,13 +208,7 @@ async def _passthrough(
     provider = _CallerSession(pinned, passthrough)
     if route.action is Action.SUDO and pinned.team.allow_sudo:
         login = await passthrough.sudo(token, _sudo_user(route), pinned.team)
-        return web.json_response(
-            {
-                "access_token": login.token.reveal(),
-                "token_type": "Bearer",
-                "expires_in": login.expires_in,
-            }
-        )
+        return web.json_response(access_token_json(login.token, login.expires_in))
     if route.action is Action.LOGOUT:
         passthrough.forget(token)
         logout = Route(
@@ -300,13 +294,7 @@ async def _login(request: web.Request, view: View) -> web.Response:
     if view.passthrough is not None and team is not None and client_id:
         request[INFO].team = team.name
         login = await view.passthrough.login(team, client_id, client_secret or "")
-        return web.json_response(
-            {
-                "access_token": login.token.reveal(),
-                "token_type": "Bearer",
-                "expires_in": login.expires_in,
-            }
-        )
+        return web.json_response(access_token_json(login.token, login.expires_in))
     issued = view.auth.login(client_id, client_secret)
     return web.json_response(issued.as_looker_json())
 

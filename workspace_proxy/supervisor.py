@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import shutil
 import signal
@@ -24,7 +23,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import multiprocess
 
-from workspace_proxy.app import create_admin_app, local_providers
+from workspace_proxy.app import create_admin_app, local_providers, upstream_session
 from workspace_proxy.broker import create_broker_app
 from workspace_proxy.config import Config, load_config
 from workspace_proxy.errors import ConfigError
@@ -90,7 +89,7 @@ class Supervisor:
         except ConfigError as exc:
             log.error("config_reload_rejected", path=self.config_path, problems=exc.problems)
             return
-        new = _keep_listeners(new, self.config)
+        new = new.keeping_listeners(self.config)
         factory = local_providers(http, new, time.monotonic, self.metrics)
         same_looker = new.looker == self.config.looker
         self.manager, retired = self._manager().reconfigured(
@@ -107,13 +106,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, hangup.set)
-        connector = aiohttp.TCPConnector(limit=self.config.pool_size, limit_per_host=0)
-        async with aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            trust_env=False,
-        ) as http:
+        async with upstream_session(self.config) as http:
             self.manager = TokenManager(
                 self.config.managed_teams,
                 local_providers(http, self.config, time.monotonic, self.metrics),
@@ -180,10 +173,6 @@ class Supervisor:
         if self.manager is None:
             raise RuntimeError("the supervisor has not started")
         return self.manager
-
-
-def _keep_listeners(new: Config, old: Config) -> Config:
-    return dataclasses.replace(new, listen=old.listen, admin=old.admin)
 
 
 def run(config: Config, *, config_path: str, workers: int, runtime: str) -> int:
