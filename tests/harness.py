@@ -37,6 +37,19 @@ for _team in TEAMS:
 PIN_PATHS = ("/login", "/session", "/logout")
 
 
+class FakeClock:
+    """A clock the test moves by hand (for session expiry, backoff and token lifetimes)."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def raw_config(
     looker_url: str, *, teams: Iterable[str] = ("analytics", "finance"), **overrides: Any
 ) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import pytest
+from harness import FakeClock
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -26,16 +27,6 @@ ENV = {
 }
 T0 = 1_800_000_000.0
 TTL = 600
-
-
-class FakeClock:
-    """A wall clock the test moves by hand."""
-
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_config(
@@ -79,7 +70,7 @@ def make_config(
 
 @pytest.fixture(name="clock")
 def _clock() -> FakeClock:
-    return FakeClock()
+    return FakeClock(T0)
 
 
 @pytest.fixture(name="auth")
@@ -415,7 +406,7 @@ _CONFIG = make_config()
 )
 def test_verify_of_arbitrary_headers_only_raises_unauthenticated(header: str | None) -> None:
     """Any Authorization header value is either a valid token or a 401, never another error."""
-    auth = CallerAuth(_CONFIG, clock=FakeClock())
+    auth = CallerAuth(_CONFIG, clock=FakeClock(T0))
     with pytest.raises(Unauthenticated):
         auth.verify(header)
 
@@ -426,7 +417,7 @@ def test_verify_of_arbitrary_headers_only_raises_unauthenticated(header: str | N
 @given(data=st.data())
 def test_any_single_character_change_is_rejected(data: st.DataObject) -> None:
     """Changing, dropping or inserting any one character of a valid token makes it invalid."""
-    auth = CallerAuth(_CONFIG, clock=FakeClock())
+    auth = CallerAuth(_CONFIG, clock=FakeClock(T0))
     token = login(auth)
     i = data.draw(st.integers(min_value=0, max_value=len(token) - 1))
     replacement = data.draw(

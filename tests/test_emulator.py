@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from harness import FakeClock
 from multidict import CIMultiDictProxy
 
 from workspace_proxy.emulator import DEFAULT_USERS, ApiUser, AuditEntry, Faults, LookerEmulator
@@ -21,16 +22,6 @@ V4 = "/api/4.0"
 DOCS = "https://cloud.google.com/looker/docs/"
 CREDS = {u.display_name.lower(): (u.client_id, u.client_secret) for u in DEFAULT_USERS}
 USER_ID = {u.display_name.lower(): u.id for u in DEFAULT_USERS}
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import looker_sdk
 import pytest
+from harness import FakeClock
 from looker_sdk import error, models40
 from looker_sdk.sdk.api40.methods import Looker40SDK
 
@@ -19,16 +20,6 @@ from workspace_proxy.emulator import LookerEmulator
 
 MakeLooker = Callable[..., Awaitable[LookerEmulator]]
 T = TypeVar("T")
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(name="sdk_for")

@@ -24,7 +24,7 @@ from typing import Final
 
 import aiohttp
 import pytest
-from harness import Proxy, assert_every_call_pinned, forwarded
+from harness import FakeClock, Proxy, assert_every_call_pinned, forwarded
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 from reliability import audit_summary, install, record, serve_proxy, short
 
@@ -50,17 +50,6 @@ _NO_SESSION: Final = (
 def _reliability_table(pytestconfig: pytest.Config) -> None:
     """Write docs/reliability.md at the end of a complete run (see reliability.py)."""
     install(pytestconfig)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass

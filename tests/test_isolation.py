@@ -21,6 +21,7 @@ from aiohttp.test_utils import TestServer
 from harness import (
     ENV,
     SIGNING_KEY,
+    FakeClock,
     Proxy,
     assert_every_call_pinned,
     forwarded,
@@ -57,14 +58,6 @@ WORKSPACE: Final = {A: "dev", B: "production"}
 def _reliability_table(pytestconfig: pytest.Config) -> None:
     """Write docs/reliability.md at the end of a complete run (see reliability.py)."""
     install(pytestconfig)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 ONE_ATTEMPT: Final = {"retry": {"initial_backoff_s": 0.05, "max_backoff_s": 0.1, "deadline_s": 0}}

@@ -13,21 +13,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from harness import Proxy, assert_every_call_pinned, assert_pin_before_use, forwarded
+from harness import FakeClock, Proxy, assert_every_call_pinned, assert_pin_before_use, forwarded
 
 from workspace_proxy.emulator import LookerEmulator
 
 pytestmark = pytest.mark.timeout(60)
 MakeProxy = Callable[..., Awaitable[Proxy]]
 MakeLooker = Callable[..., Awaitable[LookerEmulator]]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def _status(proxy: Proxy, token: str, path: str = "/api/4.0/user") -> int:
