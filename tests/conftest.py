@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from harness import ENV, Proxy, raw_config
+from harness import ENV, Proxy, ProxyServer, raw_config
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from workspace_proxy.app import create_app
@@ -69,7 +69,7 @@ def _make_proxy(aiohttp_client: AiohttpClient) -> MakeProxy:
             raw["teams"].setdefault(team, {}).update(settings)
         config = parse_config(raw, env={**ENV, **(env_overrides or {})})
         app = create_app(config, clock=clock) if clock is not None else create_app(config)
-        return Proxy(await aiohttp_client(app), config)
+        return Proxy(await aiohttp_client(ProxyServer(app)), config)
 
     return make
 

@@ -15,11 +15,12 @@ from typing import Any
 
 import aiohttp
 import yaml
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
 from workspace_proxy.config import Config, parse_config
 from workspace_proxy.emulator import AuditEntry, LookerEmulator
+from workspace_proxy.front import KEEPALIVE_S, FrontSite
 
 # team -> (workspace, emulator user id, Looker client id, Looker client secret)
 TEAMS: dict[str, tuple[str, str]] = {
@@ -48,6 +49,27 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+class ProxyServer(TestServer):
+    """The proxy app behind its front, as ``workspace-proxy serve`` runs it, on a free port.
+    ``start_server(keepalive_s=...)`` shortens the idle timeout of caller connections."""
+
+    async def start_server(self, loop: Any = None, **kwargs: Any) -> None:
+        if self.runner:
+            return
+        tls = kwargs.pop("ssl", None)
+        keepalive_s = kwargs.pop("keepalive_s", KEEPALIVE_S)
+        self.runner = await self._make_runner(handler_cancellation=True, **kwargs)
+        await self.runner.setup()
+        sock = self.socket_factory(self.host, self.port or 0, socket.AF_INET)
+        self.host, self.port = sock.getsockname()[:2]
+        site = FrontSite(
+            self.runner, sock=sock, ssl_context=tls, keepalive_s=keepalive_s, shutdown_timeout=5
+        )
+        await site.start()
+        self.scheme = self.scheme or ("https" if tls else "http")
+        self._root = URL(f"{self.scheme}://{self.host}:{self.port}")
 
 
 def raw_config(

@@ -32,7 +32,7 @@ from typing import Any, Final
 
 import aiohttp
 import pytest
-from harness import ENV, Proxy, raw_config
+from harness import ENV, Proxy, ProxyServer, raw_config
 from multidict import CIMultiDict
 from pytest_aiohttp import AiohttpClient
 from yarl import URL
@@ -267,7 +267,7 @@ async def serve_proxy(
         raw["teams"][name].update(keys)
     config = parse_config(raw, env={**ENV, **(env or {})})
     app = create_app(config) if clock is None else create_app(config, clock=clock)
-    return Proxy(await aiohttp_client(app), config)
+    return Proxy(await aiohttp_client(ProxyServer(app)), config)
 
 
 # --- the table writer ----------------------------------------------------------------------------

@@ -266,7 +266,7 @@ def _refs(text: str, kind: str) -> set[str]:
 
 
 async def test_header_limits_are_configurable(looker: LookerEmulator, tmp_path: Path) -> None:
-    """limits.max_header_bytes / max_headers bound what the parser accepts (400 beyond)."""
+    """limits.max_header_bytes / max_headers bound what the parser accepts (431 beyond)."""
     raw = raw_config(looker.base_url, limits={"max_header_bytes": 2048, "max_headers": 20})
     proc = await ProxyProcess.start(raw, tmp_path)
 
@@ -280,5 +280,5 @@ async def test_header_limits_are_configurable(looker: LookerEmulator, tmp_path: 
         many, _ = await raw_http(proc.url, request(*(f"X-H{i}: v" for i in range(30))))
     finally:
         await proc.kill()
-    assert (ok, long_line, many) == (200, 400, 400)
+    assert (ok, long_line, many) == (200, 431, 431)
     assert looker.audit_paths("/versions") == [looker.audit_paths("/versions")[0]]

@@ -23,6 +23,7 @@ from harness import (
     SIGNING_KEY,
     FakeClock,
     Proxy,
+    ProxyServer,
     assert_every_call_pinned,
     forwarded,
     raw_config,
@@ -208,7 +209,7 @@ async def _tampered_example(
         token = token[:at] + insert + token[at + (1 if replace else 0) :]
         if token in (".".join(real[0]), ".".join(real[1])):
             return None
-        async with TestServer(create_app(config), host="127.0.0.1") as server:
+        async with ProxyServer(create_app(config), host="127.0.0.1") as server:
             url = str(server.make_url("/")).rstrip("/")
             got = await raw_exchange(
                 url,

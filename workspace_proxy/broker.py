@@ -91,13 +91,19 @@ class RemoteTeamSession:
     def healthy(self) -> bool:
         return not self._failed
 
+    def ready(self) -> PinnedSession | None:
+        s = self._current
+        if s is None:
+            return None
+        now = self._clock()
+        if now >= s.usable_until:
+            return None
+        if now >= max(s.refresh_at, self._next_check) and not self._flight.running:
+            self._flight.start(lambda: self._ask(None))  # the broker refreshes meanwhile
+        return s
+
     async def get(self) -> PinnedSession:
-        s, now = self._current, self._clock()
-        if s is not None and now < s.usable_until:
-            if now >= max(s.refresh_at, self._next_check) and not self._flight.running:
-                self._flight.start(lambda: self._ask(None))  # the broker refreshes meanwhile
-            return s
-        return await self._wait(None)
+        return self.ready() or await self._wait(None)
 
     async def replace(self, stale: PinnedSession) -> PinnedSession:
         if self._current is stale:

@@ -216,6 +216,7 @@ async def serve(
         proxy_sessions,
     )
     from workspace_proxy.broker import BrokerClient
+    from workspace_proxy.front import FrontSite
 
     logger = structlog.get_logger("workspace_proxy")
     client = BrokerClient(broker, timeout_s=config.looker.retry.deadline_s + 5) if broker else None
@@ -229,7 +230,7 @@ async def serve(
         keepalive_timeout=KEEPALIVE_S,
         max_line_size=config.limits.max_header_bytes,
         max_field_size=config.limits.max_header_bytes,
-        max_headers=config.limits.max_headers,
+        max_headers=config.limits.max_headers + 1,  # + the front's peer header
     )
     admin = web.AppRunner(
         create_admin_app(
@@ -251,13 +252,15 @@ async def serve(
     if client is not None:
         _term_when_supervisor_dies(supervisor)
     try:
-        await web.TCPSite(
+        await FrontSite(
             runner,
             config.listen.host,
             config.listen.port,
             reuse_port=client is not None,
             ssl_context=config.listen.ssl_context(),
             backlog=BACKLOG,
+            shutdown_timeout=config.shutdown.grace_s,
+            keepalive_s=KEEPALIVE_S,
         ).start()
         if client is None:
             await web.TCPSite(

@@ -124,9 +124,9 @@ class Limits:
     replay_buffer_bytes: int = 64 * 1024
     """Request bodies up to this size are buffered so the call can be replayed after a re-login."""
     max_header_bytes: int = 8190
-    """Longest request line or header line; longer ones are refused (400) by the HTTP parser."""
+    """Longest request line (414 beyond) or header line (431 beyond)."""
     max_headers: int = 128
-    """Most header lines in one request."""
+    """Most header lines in one request (431 beyond)."""
     body_idle_timeout_s: float = 60.0
     """A caller whose request body stalls longer than this gets 408 (its slot is freed)."""
 

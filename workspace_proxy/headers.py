@@ -48,8 +48,12 @@ _CALLER_ONLY: Final = frozenset(
         "x-http-method-override",
         "x-http-method",
         "x-method-override",
+        # The caller's address as the front tells it to the application behind it.
+        "x-workspace-proxy-peer",
     }
 )
+PEER_HEADER: Final = b"x-workspace-proxy-peer"
+"""Set by the front on every relayed request (a caller's own copy is removed first)."""
 
 
 def canonical(name: str) -> str:
@@ -76,6 +80,28 @@ def _always_dropped(name: str) -> bool:
 @functools.lru_cache(maxsize=4096)
 def _hop_by_hop(name: str) -> bool:
     return canonical(name) in HOP_BY_HOP
+
+
+@functools.lru_cache(maxsize=4096)
+def _always_dropped_raw(name: bytes) -> bool:
+    return _always_dropped(name.decode("latin-1"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_raw(name: bytes) -> bytes:
+    return name.strip().lower().replace(b"_", b"-")
+
+
+def dropped_upstream(name: bytes, named: frozenset[bytes]) -> bool:
+    """``upstream_headers``' rule for one raw header name (``named``: canonical names listed in
+    the request's Connection headers)."""
+    return _always_dropped_raw(name) or (bool(named) and _canonical_raw(name) in named)
+
+
+@functools.lru_cache(maxsize=4096)
+def hop_by_hop(name: bytes) -> bool:
+    """Whether a raw response header name is hop-by-hop (never passed on)."""
+    return _hop_by_hop(name.decode("latin-1"))
 
 
 def _dropped(name: str, named: frozenset[str]) -> bool:

@@ -26,6 +26,7 @@ from workspace_proxy.errors import (
     BadRequest,
     Forbidden,
     NotFound,
+    ProxyError,
     SessionUnavailable,
     TooManyRequests,
     Unauthenticated,
@@ -122,17 +123,44 @@ class ProxyState:
     http: aiohttp.ClientSession
     metrics: Metrics
     in_flight: dict[str, int] = field(default_factory=dict)
+    relayed: bool = False
+    """Set when the app sits behind the front (``front.FrontSite``), whose relayed requests
+    carry the caller's address in ``X-Workspace-Proxy-Peer``."""
 
 
 STATE: Final = web.AppKey("workspace_proxy_state", ProxyState)
 
 
+def error_body(message: str, **extra: Any) -> bytes:
+    """A Looker-shaped JSON error body: ``{"message", "documentation_url"}`` (+ extra fields)."""
+    return json.dumps({"message": message, **extra, "documentation_url": DOCS_URL}).encode()
+
+
+def error_json(exc: ProxyError) -> tuple[int, bytes, dict[str, str]]:
+    """(status, body, headers) of the answer to a ProxyError."""
+    return exc.status, error_body(exc.public_message), exc.headers
+
+
 def looker_error(
     status: int, message: str, *, headers: dict[str, str] | None = None, **extra: Any
 ) -> web.Response:
-    """A Looker-shaped JSON error: ``{"message", "documentation_url"}`` (+ extra fields)."""
-    body = {"message": message, **extra, "documentation_url": DOCS_URL}
-    return web.json_response(body, status=status, headers=headers)
+    """A Looker-shaped JSON error response."""
+    return web.Response(
+        body=error_body(message, **extra),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+    )
+
+
+def caller_address(request: web.Request) -> tuple[str | None, str]:
+    """(peer address, scheme) of the caller: as the front saw them, for a relayed request."""
+    if request.app[STATE].relayed:
+        told = request.headers.get("X-Workspace-Proxy-Peer")
+        if told:
+            peer, _, scheme = told.partition(" ")
+            return peer or None, scheme or "http"
+    return request.remote, request.scheme
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -267,6 +295,9 @@ class _CallerSession:
     @property
     def healthy(self) -> bool:
         return True
+
+    def ready(self) -> PinnedSession | None:
+        return self._pinned.session
 
     async def get(self) -> PinnedSession:
         return self._pinned.session
@@ -464,11 +495,12 @@ async def _send(
     url = URL(
         view.config.looker.base_url + route.path + (f"?{query}" if query else ""), encoded=True
     )
+    peer, proto = caller_address(request)
     headers = upstream_headers(
         request.headers,
         auth_header(session.token) if session is not None else None,
-        peer=request.remote,
-        proto=request.scheme,
+        peer=peer,
+        proto=proto,
         host=request.host,
         content_length=_length(body, request),
     )

@@ -127,15 +127,22 @@ class TeamSession:
             return True
         return self._last_error is None
 
+    def ready(self) -> PinnedSession | None:
+        """The session ``get`` would answer at once, or None when it would have to wait. Past
+        its refresh time, a background refresh is started."""
+        s = self._current
+        if s is None:
+            return None
+        now = self._clock()
+        if now >= s.usable_until:
+            return None
+        if now >= s.refresh_at and not self._flight.running and now >= self._retry_at:
+            self._flight.start(lambda: self._pin_with_retries("refresh"))
+        return s
+
     async def get(self) -> PinnedSession:
         """A verified session pinned to the team's workspace, or SessionUnavailable."""
-        s = self._current
-        now = self._clock()
-        if s is not None and now < s.usable_until:
-            if now >= s.refresh_at and not self._flight.running and now >= self._retry_at:
-                self._flight.start(lambda: self._pin_with_retries("refresh"))
-            return s
-        return await self._wait_for_flight("login")
+        return self.ready() or await self._wait_for_flight("login")
 
     async def replace(self, stale: PinnedSession) -> PinnedSession:
         """Looker rejected ``stale`` (401). Re-login once, unless it was already replaced."""
@@ -318,6 +325,7 @@ class SessionProvider(Protocol):
     def current(self) -> PinnedSession | None: ...
     @property
     def healthy(self) -> bool: ...
+    def ready(self) -> PinnedSession | None: ...
     async def get(self) -> PinnedSession: ...
     async def replace(self, stale: PinnedSession) -> PinnedSession: ...
     async def close(self, *, wait: bool = False) -> None: ...

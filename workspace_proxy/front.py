@@ -1,0 +1,1175 @@
+"""The front: the listening socket, the HTTP/1.1 parser and the fast forwarding path.
+
+Every caller connection is parsed here (llhttp, through httptools). The common request — an
+authenticated call of a managed team whose pinned session is ready, with no body or a small one —
+is forwarded to Looker straight from here, on raw asyncio protocols and a pool of keep-alive
+connections: no per-request framework objects, no task unless a connection must be opened. Every
+other request (login, logout, /session, sudo, passthrough, branch switches, large or chunked
+bodies, anything unusual or wrong) is relayed unchanged to the aiohttp application behind it,
+over a private Unix socket; that application remains the one implementation of those rules and of
+session replacement. The fast path takes no decision of its own: it calls the same pure functions
+(``routes.classify``, ``headers``, ``CallerAuth.verify``) and, when Looker answers 401, hands the
+request to the application, which re-pins and replays it.
+
+:class:`FrontSite` plugs this into an aiohttp ``AppRunner`` in place of ``TCPSite``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import shutil
+import socket
+import ssl
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import urlsplit
+
+import httptools
+import structlog
+from aiohttp import web
+
+from workspace_proxy.app import request_id
+from workspace_proxy.auth import bearer_value, is_proxy_token
+from workspace_proxy.config import Config
+from workspace_proxy.errors import BadRequest, ProxyError, SessionUnavailable, Unauthenticated
+from workspace_proxy.headers import PEER_HEADER, dropped_upstream, hop_by_hop
+from workspace_proxy.log import access as access_log
+from workspace_proxy.looker import auth_header
+from workspace_proxy.proxy import STATE, ProxyState, View, error_json
+from workspace_proxy.routes import Action, Route, classify
+from workspace_proxy.tokens import PinnedSession, SessionProvider
+
+log = structlog.get_logger("workspace_proxy.front")
+
+KEEPALIVE_S: Final = 75.0
+"""Idle caller connections (and callers that never finish their headers) are closed after this."""
+_MAX_IDLE_UPSTREAM: Final = 256
+"""Idle keep-alive connections kept per backend."""
+_RELAY_BACKLOG: Final = 4096
+"""A Unix listener refuses (rather than queues) connections beyond its backlog: a cold start
+relays every first request at once."""
+_QUEUE_BYTES: Final = 256 * 1024
+"""Pipelined request bytes held per caller connection before reading from it pauses."""
+_NO_BODY_METHODS: Final = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS"})
+_FRAMING: Final = (b"content-length", b"transfer-encoding")
+_CRLF: Final = b"\r\n"
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+
+
+@functools.lru_cache(maxsize=4096)
+def _route(method: str, raw_path: str, versions: tuple[str, ...]) -> Route:
+    return classify(method, raw_path, versions)
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """Where a pool connects: Looker (TCP, maybe TLS) or the application (Unix socket)."""
+
+    host: str
+    port: int
+    unix: str | None = None
+    ssl: ssl.SSLContext | None = None
+    host_header: bytes = b""
+    base_path: str = ""
+    connect_s: float | None = None
+    read_s: float | None = None
+
+    @classmethod
+    def looker(cls, config: Config) -> Backend:
+        url = urlsplit(config.looker.base_url)
+        tls = url.scheme == "https"
+        context = config.looker.ssl_context()
+        port = url.port or (443 if tls else 80)
+        default = (tls and port == 443) or (not tls and port == 80)
+        host = url.hostname or ""
+        shown = f"[{host}]" if ":" in host else host
+        timeouts = config.looker.timeouts
+        return cls(
+            host=host,
+            port=port,
+            ssl=(context if isinstance(context, ssl.SSLContext) else ssl.create_default_context())
+            if tls
+            else None,
+            host_header=(shown if default else f"{shown}:{port}").encode("idna"),
+            base_path=url.path.rstrip("/"),
+            connect_s=timeouts.connect_s,
+            read_s=timeouts.read_s,
+        )
+
+
+class Request:
+    """One request as parsed from the caller."""
+
+    __slots__ = (
+        "body",
+        "body_bytes",
+        "chunked",
+        "complete",
+        "expect",
+        "headers",
+        "keep_alive",
+        "length",
+        "method",
+        "started",
+        "target",
+        "version",
+    )
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.target = b""
+        self.version = "1.1"
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.keep_alive = True
+        self.length: int | None = None
+        self.chunked = False
+        self.body: list[bytes] = []
+        self.body_bytes = 0
+        self.complete = False
+        self.started = 0.0
+        self.expect = False
+
+
+class Front:
+    """Shared by all caller connections of one listener: the app's state and the pools."""
+
+    def __init__(
+        self, app: web.Application, relay_path: str, scheme: str, keepalive_s: float
+    ) -> None:
+        self.app = app
+        self.scheme = scheme
+        self.keepalive_s = keepalive_s
+        self.loop = asyncio.get_running_loop()
+        self.relay = Pool(self, Backend(host="", port=0, unix=relay_path))
+        self._pools: dict[Backend, Pool] = {}
+        self.connections: set[Caller] = set()
+        self.emptied = asyncio.Event()
+        """Set when the last caller connection closes."""
+        self.closing = False
+
+    @property
+    def state(self) -> ProxyState:
+        return self.app[STATE]
+
+    def pool(self, backend: Backend) -> Pool:
+        pool = self._pools.get(backend)
+        if pool is None:
+            pool = self._pools[backend] = Pool(self, backend)
+        return pool
+
+    def close_pools(self) -> None:
+        for pool in (self.relay, *self._pools.values()):
+            pool.close()
+
+
+class Pool:
+    """Keep-alive connections to one backend; a connection carries one exchange at a time."""
+
+    def __init__(self, front: Front, backend: Backend) -> None:
+        self.front = front
+        self.backend = backend
+        self.idle: list[Upstream] = []
+
+    def take(self) -> Upstream | None:
+        while self.idle:
+            conn = self.idle.pop()
+            if not conn.transport.is_closing():
+                return conn
+        return None
+
+    async def connect(self) -> Upstream:
+        b, loop = self.backend, self.front.loop
+        async with asyncio.timeout(b.connect_s):
+            if b.unix is not None:
+                _, conn = await loop.create_unix_connection(lambda: Upstream(self), b.unix)
+            else:
+                _, conn = await loop.create_connection(
+                    lambda: Upstream(self),
+                    b.host,
+                    b.port,
+                    ssl=b.ssl,
+                    server_hostname=b.host if b.ssl else None,
+                )
+        return conn
+
+    def give_back(self, conn: Upstream) -> None:
+        if conn.reusable and not self.front.closing and len(self.idle) < _MAX_IDLE_UPSTREAM:
+            self.idle.append(conn)
+        else:
+            conn.transport.close()
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.transport.close()
+        self.idle.clear()
+
+
+class Upstream(asyncio.Protocol):
+    """One connection to a backend; parses its responses."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = httptools.HttpResponseParser(self)
+        self.exchange: Exchange | None = None
+        self.reusable = True
+        self.used = False
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.until_close = False
+        """The answer has no length and is not chunked: it ends when the connection does."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.reusable = False
+        ex, self.exchange = self.exchange, None
+        if ex is None:
+            return
+        if self.until_close and exc is None:
+            ex.response_done(self)
+        else:
+            ex.upstream = self
+            ex.upstream_lost()
+
+    def data_received(self, data: bytes) -> None:
+        ex = self.exchange
+        if ex is None:  # bytes nobody asked for: this connection cannot be trusted any more
+            self.reusable = False
+            self.transport.close()
+            return
+        ex.upstream_seen = ex.front.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.reusable = False
+            self.transport.close()
+            if self.exchange is not None:
+                self.exchange.upstream_lost()
+            return
+        if self.exchange is not None:
+            self.exchange.flush()
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.caller.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.caller.resume_reading()
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self.reason = b""
+        self.headers = []
+        self.until_close = False
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if not self.parser.should_keep_alive():
+            self.reusable = False
+        framed = any(n.lower() in _FRAMING for n, _ in self.headers)
+        self.until_close = status >= 200 and status not in (204, 304) and not framed
+        if self.exchange is not None and status >= 200:
+            self.exchange.response_head(status, self.reason, self.headers)
+
+    def on_body(self, body: bytes) -> None:
+        if self.exchange is not None:
+            self.exchange.response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.parser.get_status_code() < 200:
+            return  # an interim answer (100 Continue): the real one follows
+        ex, self.exchange = self.exchange, None
+        if ex is not None:
+            ex.response_done(self)
+
+
+class Caller(asyncio.Protocol):
+    """One caller connection: parses requests and runs them one after the other."""
+
+    def __init__(self, front: Front) -> None:
+        self.front = front
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = ""
+        self.request: Request | None = None
+        """The request being parsed."""
+        self.queue: deque[Request] = deque()
+        """Parsed (or being parsed) requests waiting for their turn, oldest first."""
+        self.exchange: Exchange | None = None
+        self.header_bytes = 0
+        self.paused = False
+        self.closed = False
+        self.idle_timer: asyncio.TimerHandle | None = None
+        limits = front.state.view.config.limits
+        self.max_field = limits.max_header_bytes
+        self.max_headers = limits.max_headers
+
+    # --- connection -------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else ""
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.front.connections.add(self)
+        self._arm_idle()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.front.connections.discard(self)
+        if not self.front.connections:
+            self.front.emptied.set()
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        if self.exchange is not None:
+            self.exchange.caller_lost()
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None and self.exchange.upstream is not None:
+            self.exchange.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None and self.exchange.upstream is not None:
+            self.exchange.upstream.transport.resume_reading()
+
+    def resume_reading(self) -> None:
+        if not self.paused and not self.closed:
+            self.transport.resume_reading()
+
+    def _arm_idle(self) -> None:
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        self.idle_timer = self.front.loop.call_later(self.front.keepalive_s, self._idle_expired)
+
+    def _idle_expired(self) -> None:
+        if self.exchange is None and not self.queue:
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.refuse(BadRequest("workspace-proxy does not upgrade connections.", close=True))
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, ProxyError):
+                self.refuse(cause)
+            else:
+                raise
+        except httptools.HttpParserError as exc:
+            self.refuse(BadRequest(f"Malformed HTTP request: {_parser_reason(exc)}.", close=True))
+        if self.exchange is not None:
+            self.exchange.flush_request()
+
+    # --- httptools callbacks ----------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        self.request = Request()
+        self.header_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        req = self.request
+        assert req is not None
+        req.target += url
+        if len(req.target) > self.max_field:
+            raise BadRequest("Request line too long.", status=414, close=True)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        req = self.request
+        assert req is not None
+        if len(name) + len(value) + 2 > self.max_field:
+            raise BadRequest("Request header field too long.", status=431, close=True)
+        req.headers.append((name, value))
+        if len(req.headers) > self.max_headers:
+            raise BadRequest("Too many request header fields.", status=431, close=True)
+
+    def on_headers_complete(self) -> None:
+        req = self.request
+        assert req is not None
+        p = self.parser
+        req.method = p.get_method()
+        req.version = p.get_http_version()
+        req.keep_alive = p.should_keep_alive() and req.version == "1.1"
+        req.started = time.perf_counter()
+        hosts = 0
+        for name, value in req.headers:
+            lower = name.lower()
+            if lower == b"host":
+                hosts += 1
+            elif lower == b"content-length":
+                req.length = int(value)
+            elif lower == b"transfer-encoding":
+                req.chunked = True
+                if req.version != "1.1":
+                    # Ambiguous framing (RFC 9112 6.1): answer and close.
+                    raise BadRequest(
+                        "Transfer-Encoding is not allowed in HTTP/1.0 requests.", close=True
+                    )
+            elif lower == b"expect" and value.lower() == b"100-continue":
+                req.expect = True
+        if hosts > 1 or (hosts == 0 and req.version == "1.1"):
+            raise BadRequest("An HTTP/1.1 request needs exactly one Host header.", close=True)
+        if req.expect and (req.chunked or req.length):
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.queue.append(req)
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+            self.idle_timer = None
+        if self.exchange is None:
+            self.next_exchange()
+
+    def on_body(self, body: bytes) -> None:
+        req = self.request
+        assert req is not None
+        req.body_bytes += len(body)
+        ex = self.exchange
+        if ex is not None and ex.request is req and ex.streaming:
+            ex.request_body(body)
+            return
+        req.body.append(body)
+        if not self.paused and sum(len(r.target) + r.body_bytes for r in self.queue) > _QUEUE_BYTES:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def on_message_complete(self) -> None:
+        req = self.request
+        assert req is not None
+        req.complete = True
+        self.request = None
+        ex = self.exchange
+        if ex is not None and ex.request is req:
+            ex.request_complete()
+
+    # --- exchanges --------------------------------------------------------------------------
+    def next_exchange(self) -> None:
+        """Start the oldest queued request once its turn (and, for the fast path, its body)
+        has come."""
+        if self.exchange is not None or not self.queue or self.closed:
+            return
+        req = self.queue[0]
+        self.exchange = Exchange(self, req)
+        self.exchange.start()
+
+    def exchange_done(self, keep_alive: bool) -> None:
+        self.exchange = None
+        self.queue.popleft()
+        if not keep_alive or self.front.closing:
+            self.queue.clear()
+            self.transport.close()
+            return
+        if self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+        if self.queue:
+            self.next_exchange()
+        elif self.request is None:
+            self._arm_idle()
+
+    def refuse(self, exc: ProxyError) -> None:
+        """Answer a request the parser or the limits refused, then close."""
+        status, body, headers = error_json(exc)
+        rid = request_id(None)
+        self.transport.write(_head(status, b"", headers, len(body), rid, close=True) + body)
+        self.transport.close()
+        self.queue.clear()
+        access_log(
+            request_id=rid,
+            team=None,
+            method="-",
+            route="-",
+            status=status,
+            bytes_in=0,
+            bytes_out=len(body),
+            duration_ms=0.0,
+            session=None,
+            replayed=False,
+            outcome="malformed",
+        )
+
+
+class Exchange:
+    """One request: to Looker directly (fast) or to the application (relay), answer streamed."""
+
+    def __init__(self, caller: Caller, request: Request) -> None:
+        self.caller = caller
+        self.front = caller.front
+        self.request = request
+        self.upstream: Upstream | None = None
+        self.streaming = False
+        """Request body chunks go straight to the upstream connection."""
+        self.out: list[bytes] = []
+        self.up_out: list[bytes] = []
+        self.chunked_out = False
+        self.head_sent = False
+        self.status = 0
+        self.bytes_out = 0
+        self.upstream_seen = 0.0
+        self.timer: asyncio.TimerHandle | None = None
+        self.finished = False
+        # fast path only
+        self.fast: Fast | None = None
+        self.rejected = False
+        """Looker answered 401 to the fast path: the answer is dropped and the call replayed."""
+        self.attempts = 0
+        self.reused = False
+        self.close_after = False
+        self.waiting_body = False
+        """A fast request waits for its (small) body before it is sent."""
+
+    # --- start ------------------------------------------------------------------------------
+    def start(self) -> None:
+        req = self.request
+        fast = plan(self.front.state, req, self.caller.peer, self.front.scheme)
+        if fast is not None and (req.length or 0) > 0 and not req.complete:
+            # A small body: wait for all of it, so the call can be replayed after a 401.
+            self.fast = fast
+            self.waiting_body = True
+            self._arm(self.front.state.view.config.limits.body_idle_timeout_s, self._body_timer)
+            return
+        self.fast = fast
+        self._send()
+
+    def request_complete(self) -> None:
+        if self.waiting_body:
+            self.waiting_body = False
+            self._cancel_timer()
+            self._send()
+        elif self.streaming and self.request.chunked:
+            self.up_out.append(_LAST_CHUNK)
+
+    def _send(self) -> None:
+        if (
+            self.fast is not None
+            and not self.fast.slot
+            and not self.fast.take_slot(self.front.state)
+        ):
+            self.fast = None  # the team is at its limit: the app answers 429
+        pool = self.front.pool(self.fast.backend) if self.fast else self.front.relay
+        conn = pool.take()
+        if conn is not None:
+            self._attach(conn)
+        else:
+            self.front.loop.create_task(self._connect(pool))
+
+    async def _connect(self, pool: Pool) -> None:
+        try:
+            conn = await pool.connect()
+        except (OSError, TimeoutError) as exc:
+            if not self.caller.closed:
+                log.warning(
+                    "upstream_error",
+                    error=exc.__class__.__name__,
+                    relay=self.fast is None,
+                    request_id=self._rid(),
+                )
+                self._fail(504 if isinstance(exc, TimeoutError) else 502, kind="connect")
+            else:
+                self._finish(keep_alive=False)
+            return
+        if self.caller.closed:
+            conn.transport.close()
+            self._finish(keep_alive=False)
+            return
+        self._attach(conn)
+
+    def _attach(self, conn: Upstream) -> None:
+        self.upstream = conn
+        conn.exchange = self
+        self.attempts += 1
+        self.reused = conn.used
+        conn.used = True
+        self.upstream_seen = self.front.loop.time()
+        req = self.request
+        if self.fast is not None:
+            head = self.fast.head(req)
+            conn.transport.write(head if not req.body else head + b"".join(req.body))
+        else:
+            conn.transport.write(_relay_head(req, self.caller.peer, self.front.scheme))
+            if req.body:
+                self.up_out.extend(_frame(req, b"".join(req.body)))
+            if req.complete and req.chunked:
+                self.up_out.append(_LAST_CHUNK)
+            elif not req.complete:
+                self.streaming = True
+                if self.caller.paused:  # paused while waiting for this connection
+                    self.caller.paused = False
+                    self.caller.transport.resume_reading()
+            self.flush_request()
+        read_s = self.fast.backend.read_s if self.fast else None
+        if read_s:
+            self._arm(read_s, self._read_timer)
+
+    def request_body(self, chunk: bytes) -> None:
+        self.up_out.extend(_frame(self.request, chunk))
+
+    def flush_request(self) -> None:
+        if self.up_out and self.upstream is not None:
+            self.upstream.transport.writelines(self.up_out)
+            self.up_out.clear()
+
+    # --- response ---------------------------------------------------------------------------
+    def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status = status
+        fast = self.fast
+        if fast is not None and status == 401:
+            self.rejected = True  # Looker ended the session: this answer is dropped
+            return
+        req = self.request
+        named = _connection_tokens(headers)
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
+        length = None
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"content-length":
+                length = value
+            if hop_by_hop(lower) or (named and lower in named):
+                continue
+            if fast is not None and lower == b"x-request-id":
+                continue
+            lines += (name, b": ", value, _CRLF)
+        if fast is not None:
+            lines += (b"X-Request-Id: ", fast.rid.encode(), _CRLF)
+        bodyless = req.method == b"HEAD" or status in (204, 304)
+        close = not req.keep_alive or self.front.closing or not req.complete
+        if length is None and not bodyless:
+            if req.version == "1.1":
+                self.chunked_out = True
+                lines.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                close = True
+        if close:
+            lines.append(b"Connection: close\r\n")
+        self.close_after = close
+        lines.append(_CRLF)
+        self.out.append(b"".join(lines))
+        self.head_sent = True
+        if fast is not None:
+            fast.answered(self.front.state, self.front.loop.time() - self.upstream_seen)
+
+    def response_body(self, body: bytes) -> None:
+        if self.rejected:
+            return
+        self.bytes_out += len(body)
+        if self.chunked_out:
+            self.out += (b"%x\r\n" % len(body), body, _CRLF)
+        else:
+            self.out.append(body)
+
+    def flush(self) -> None:
+        if self.out and not self.caller.closed:
+            self.caller.transport.writelines(self.out)
+        self.out.clear()
+
+    def response_done(self, conn: Upstream) -> None:
+        self._cancel_timer()
+        self.upstream = None
+        request_sent = self.request.complete and not self.up_out
+        if not request_sent:
+            conn.reusable = False  # the backend answered before the whole body was sent
+        conn.pool.give_back(conn)
+        if self.rejected:
+            self.rejected = False
+            self.front.loop.create_task(self._replay())
+            return
+        if self.chunked_out:
+            self.out.append(_LAST_CHUNK)
+        self.flush()
+        self._finish(keep_alive=not self.close_after)
+
+    async def _replay(self) -> None:
+        """Looker answered 401: the session was replaced under us (revoked, expired early).
+        As ``proxy._forward`` does: re-pin once (or take the session another request already
+        re-pinned) and send the buffered request again; a second 401 is a 503."""
+        fast = self.fast
+        assert fast is not None
+        try:
+            if fast.replayed:
+                raise SessionUnavailable(
+                    "Looker rejected a freshly pinned session", retry_after=5.0, kind="rejected"
+                )
+            fresh = await fast.provider.replace(fast.session)
+        except ProxyError as exc:
+            if not self.caller.closed:
+                self._answer(exc)
+            else:
+                self._finish(keep_alive=False, outcome="caller_gone")
+            return
+        if self.caller.closed:
+            self._finish(keep_alive=False, outcome="caller_gone")
+            return
+        fast.session, fast.replayed = fresh, True
+        self.front.state.metrics.replays.labels(fast.team).inc()
+        self.status = 0
+        self._send()
+
+    # --- failures ---------------------------------------------------------------------------
+    def upstream_lost(self) -> None:
+        conn, self.upstream = self.upstream, None
+        if conn is not None:
+            conn.exchange = None
+        if self.finished:
+            return
+        self._cancel_timer()
+        if not self.head_sent and self.reused and self.attempts < 2 and self.request.complete:
+            # A kept-alive connection the backend had closed: nothing was answered; once more on
+            # a new connection (as any HTTP client does).
+            self.streaming = False
+            self.front.loop.create_task(self._connect(conn.pool if conn else self.front.relay))
+            return
+        if not self.head_sent:
+            self._fail(502, kind="upstream_broken")
+            return
+        # Headers are gone: cut the caller's connection, so a truncated body can never pass for
+        # a complete one.
+        log.warning("upstream_stream_broken", request_id=self._rid())
+        self.flush()
+        self.caller.transport.abort()
+        self._finish(keep_alive=False, outcome="upstream_broken")
+
+    def caller_lost(self) -> None:
+        if self.finished:
+            return
+        self._cancel_timer()
+        if self.upstream is not None:
+            self.upstream.reusable = False
+            self.upstream.exchange = None
+            self.upstream.transport.close()
+            self.upstream = None
+        self._finish(keep_alive=False, outcome="caller_gone")
+
+    def _fail(self, status: int, *, kind: str) -> None:
+        if self.fast is None:
+            message = "workspace-proxy: internal relay failed."
+        elif status == 504:
+            message = "workspace-proxy: Looker did not answer in time."
+        else:
+            message = "workspace-proxy: Looker is unavailable."
+        self._answer(BadRequest(message, status=status, close=True), outcome=kind)
+
+    def _answer(self, exc: ProxyError, *, outcome: str | None = None) -> None:
+        """Answer the caller with the Looker-shaped error for ``exc``."""
+        status, body, headers = error_json(exc)
+        self.status = status
+        req = self.request
+        close = getattr(exc, "close", False) or not req.keep_alive or not req.complete
+        self.caller.transport.write(
+            _head(status, b"", headers, len(body), self._rid(), close) + body
+        )
+        kind = outcome or getattr(exc, "kind", None) or exc.__class__.__name__
+        self._finish(keep_alive=not close, outcome=kind)
+
+    def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
+        self._cancel_timer()
+        self.timer = self.front.loop.call_later(seconds, callback)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _read_timer(self) -> None:
+        assert self.fast is not None
+        read_s = self.fast.backend.read_s or 0.0
+        quiet = self.front.loop.time() - self.upstream_seen
+        if quiet < read_s:
+            self._arm(read_s - quiet, self._read_timer)
+            return
+        conn, self.upstream = self.upstream, None
+        if conn is not None:
+            conn.exchange = None
+            conn.reusable = False
+            conn.transport.close()
+        if self.head_sent:
+            self.flush()
+            self.caller.transport.abort()
+            self._finish(keep_alive=False, outcome="upstream_timeout")
+        else:
+            self._fail(504, kind="upstream_timeout")
+
+    def _body_timer(self) -> None:
+        self.timer = None
+        self._answer(
+            BadRequest(
+                "workspace-proxy: the request body did not arrive in time.", status=408, close=True
+            )
+        )
+
+    def _rid(self) -> str:
+        return self.fast.rid if self.fast is not None else request_id(None)
+
+    def _finish(self, *, keep_alive: bool, outcome: str | None = None) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self._cancel_timer()
+        fast = self.fast
+        if fast is not None:
+            fast.release(self.front.state)
+            fast.done(self.front.state, self, outcome)
+        self.caller.exchange_done(keep_alive and not self.caller.closed)
+
+
+class Fast:
+    """A request the front forwards itself: who it is for and under which session."""
+
+    __slots__ = (
+        "backend",
+        "peer",
+        "provider",
+        "replayed",
+        "rid",
+        "route",
+        "scheme",
+        "session",
+        "slot",
+        "team",
+    )
+
+    def __init__(
+        self,
+        backend: Backend,
+        route: Route,
+        provider: SessionProvider,
+        session: PinnedSession,
+        team: str,
+        rid: str,
+        peer: str,
+        scheme: str,
+    ) -> None:
+        self.backend = backend
+        self.route = route
+        self.provider = provider
+        self.session = session
+        self.replayed = False
+        self.team = team
+        self.rid = rid
+        self.peer = peer
+        self.scheme = scheme
+        self.slot = False
+
+    def take_slot(self, state: ProxyState) -> bool:
+        """One of the team's concurrency slots, or False (the app then answers 429)."""
+        view = state.view
+        team = view.config.teams.get(self.team)
+        busy = state.in_flight.get(self.team, 0)
+        if team is None or busy >= team.max_concurrency:
+            return False
+        state.in_flight[self.team] = busy + 1
+        state.metrics.in_flight_add(self.team, 1)
+        self.slot = True
+        return True
+
+    def release(self, state: ProxyState) -> None:
+        if self.slot:
+            self.slot = False
+            state.in_flight[self.team] -= 1
+            state.metrics.in_flight_add(self.team, -1)
+
+    def head(self, req: Request) -> bytes:
+        """The request line and headers for Looker: the caller's headers minus everything
+        ``headers.upstream_headers`` drops, plus the pinned session and X-Forwarded-*."""
+        target = req.target
+        query = target.find(b"?")
+        path = self.backend.base_path + self.route.path
+        lines = [
+            req.method,
+            b" ",
+            path.encode() if query < 0 else path.encode() + target[query:],
+            b" HTTP/1.1\r\nHost: ",
+            self.backend.host_header,
+            _CRLF,
+        ]
+        named = _connection_tokens(req.headers)
+        host = b""
+        for name, value in req.headers:
+            if name.lower() == b"host":
+                host = value
+            if dropped_upstream(name, named):
+                continue
+            lines += (name, b": ", value, _CRLF)
+        lines += (b"Authorization: ", auth_header(self.session.token).encode(), _CRLF)
+        if req.body_bytes or req.method not in _NO_BODY_METHODS:
+            lines += (b"Content-Length: %d\r\n" % req.body_bytes,)
+        if self.peer:
+            lines += (b"X-Forwarded-For: ", self.peer.encode(), _CRLF)
+        lines += (b"X-Forwarded-Proto: ", self.scheme.encode(), _CRLF)
+        if host:
+            lines += (b"X-Forwarded-Host: ", host, _CRLF)
+        lines.append(_CRLF)
+        return b"".join(lines)
+
+    def answered(self, state: ProxyState, seconds: float) -> None:
+        state.metrics.upstream_answered(self.team, seconds)
+
+    def done(self, state: ProxyState, ex: Exchange, outcome: str | None) -> None:
+        status = ex.status or 502
+        state.metrics.request_done(self.team, self.route.name, status)
+        s = self.session
+        access_log(
+            request_id=self.rid,
+            team=self.team,
+            method=ex.request.method.decode(),
+            route=self.route.name,
+            status=status,
+            bytes_in=ex.request.body_bytes,
+            bytes_out=ex.bytes_out,
+            duration_ms=round((time.perf_counter() - ex.request.started) * 1000, 2),
+            session=f"{s.generation}:{s.fingerprint}",
+            replayed=self.replayed,
+            outcome=outcome,
+        )
+
+
+def plan(state: ProxyState, req: Request, peer: str, scheme: str) -> Fast | None:
+    """The fast path for this request, or None to relay it to the application.
+
+    Only the plain case qualifies: HTTP/1.1, an origin-form ASCII target, ASCII header values, no
+    Expect, a Content-Length body within the replay buffer (or none), exactly one Authorization
+    header carrying a valid proxy token of a managed team (no sudo), a route that is simply
+    forwarded and a pinned session ready now. Anything else is the application's to decide."""
+    view: View = state.view
+    limits = view.config.limits
+    if (
+        req.version != "1.1"
+        or req.chunked
+        or req.expect
+        or (req.length or 0) > limits.replay_buffer_bytes
+        or req.method == b"HEAD"
+        or not req.target.startswith(b"/")
+        or not req.target.isascii()
+    ):
+        return None
+    credential: bytes | None = None
+    rid_in: bytes | None = None
+    for name, value in req.headers:
+        if not value.isascii():
+            return None
+        lower = name.lower()
+        if lower == b"authorization":
+            if credential is not None:
+                return None
+            credential = value
+        elif lower == b"x-request-id":
+            rid_in = value
+    if credential is None:
+        return None
+    token = bearer_value(credential.decode())
+    if token is None or not is_proxy_token(token):
+        return None
+    try:
+        principal = view.auth.verify(credential.decode())
+    except Unauthenticated:
+        return None
+    if principal.sudo is not None:
+        return None
+    provider: SessionProvider | None = view.sessions.get(principal.team)
+    if provider is None:
+        return None
+    target = req.target.decode()
+    raw_path = target.split("?", 1)[0]
+    route = _route(req.method.decode(), raw_path, view.config.looker.api_versions)
+    if route.action is not Action.FORWARD:
+        return None
+    session = provider.ready()
+    if session is None:
+        return None
+    return Fast(
+        _looker_backend(view.config),
+        route,
+        provider,
+        session,
+        principal.team,
+        request_id(rid_in.decode() if rid_in is not None else None),
+        peer,
+        scheme,
+    )
+
+
+_BACKENDS: dict[int, Backend] = {}
+
+
+def _looker_backend(config: Config) -> Backend:
+    backend = _BACKENDS.get(id(config))
+    if backend is None:
+        if len(_BACKENDS) > 16:
+            _BACKENDS.clear()
+        backend = _BACKENDS[id(config)] = Backend.looker(config)
+    return backend
+
+
+def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            named.update(t.strip().lower().replace(b"_", b"-") for t in value.split(b","))
+    named.discard(b"")
+    return frozenset(named)
+
+
+def _relay_head(req: Request, peer: str, scheme: str) -> bytes:
+    """The caller's request as it came, re-framed (Content-Length or chunked), for the app; the
+    caller's address travels in a header only the front can set."""
+    lines = [req.method, b" ", req.target, b" HTTP/1.1\r\n"]
+    for name, value in req.headers:
+        lower = name.lower()
+        if lower in (b"content-length", b"transfer-encoding", b"expect", b"keep-alive"):
+            continue
+        if lower == PEER_HEADER:
+            continue
+        if lower == b"connection":
+            kept = b",".join(
+                t for t in value.split(b",") if t.strip().lower() not in (b"close", b"keep-alive")
+            )
+            if kept.strip():
+                lines += (name, b": ", kept, _CRLF)
+            continue
+        lines += (name, b": ", value, _CRLF)
+    lines += (PEER_HEADER, b": ", f"{peer} {scheme}".encode(), _CRLF)
+    if req.chunked:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    elif req.length is not None:
+        lines += (b"Content-Length: %d\r\n" % req.length,)
+    lines.append(_CRLF)
+    return b"".join(lines)
+
+
+def _frame(req: Request, chunk: bytes) -> tuple[bytes, ...]:
+    if not chunk:
+        return ()
+    return (b"%x\r\n" % len(chunk), chunk, _CRLF) if req.chunked else (chunk,)
+
+
+def _head(
+    status: int, reason: bytes, headers: dict[str, str], length: int, rid: str, close: bool
+) -> bytes:
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _reason(status))]
+    lines += [f"{k}: {v}\r\n".encode() for k, v in headers.items()]
+    lines.append(b"Content-Type: application/json; charset=utf-8\r\n")
+    lines.append(b"Content-Length: %d\r\nX-Request-Id: %s\r\n" % (length, rid.encode()))
+    if close:
+        lines.append(b"Connection: close\r\n")
+    lines.append(_CRLF)
+    return b"".join(lines)
+
+
+def _reason(status: int) -> bytes:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
+def _parser_reason(exc: Exception) -> str:
+    text = str(exc) or exc.__class__.__name__
+    return "".join(c for c in text if c.isprintable())[:120]
+
+
+class FrontSite(web.BaseSite):
+    """An aiohttp site: the front on ``host:port`` (TLS when given), the app behind it on a
+    private Unix socket. Used in place of ``web.TCPSite``; stopping it drains the front."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str | None = None,
+        port: int = 0,
+        *,
+        sock: socket.socket | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        backlog: int = 128,
+        reuse_port: bool = False,
+        shutdown_timeout: float = 60.0,
+        keepalive_s: float = KEEPALIVE_S,
+    ) -> None:
+        super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
+        self._host = host
+        self._port = port
+        self._sock = sock
+        self._reuse_port = reuse_port
+        self._grace = shutdown_timeout
+        self._keepalive_s = keepalive_s
+        self._dir = ""
+        self._relay_server: asyncio.AbstractServer | None = None
+        self.front: Front | None = None
+
+    @property
+    def name(self) -> str:
+        scheme = "https" if self._ssl_context else "http"
+        return f"{scheme}://{self._host}:{self._port} (front)"
+
+    @property
+    def port(self) -> int:
+        server = self._server
+        sockets = getattr(server, "sockets", None) if server is not None else None
+        return int(sockets[0].getsockname()[1]) if sockets else self._port
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+        app = getattr(self._runner, "app", None)
+        assert isinstance(app, web.Application)
+        app[STATE].relayed = True
+        self._dir = tempfile.mkdtemp(prefix="workspace-proxy-")
+        os.chmod(self._dir, 0o700)
+        path = os.path.join(self._dir, "app.sock")
+        self._relay_server = await loop.create_unix_server(server, path, backlog=_RELAY_BACKLOG)
+        scheme = "https" if self._ssl_context else "http"
+        front = self.front = Front(app, path, scheme, self._keepalive_s)
+        if self._sock is not None:
+            self._server = await loop.create_server(
+                lambda: Caller(front), sock=self._sock, ssl=self._ssl_context, backlog=self._backlog
+            )
+        else:
+            self._server = await loop.create_server(
+                lambda: Caller(front),
+                self._host,
+                self._port,
+                ssl=self._ssl_context,
+                backlog=self._backlog,
+                reuse_port=self._reuse_port,
+                reuse_address=True,
+            )
+
+    async def stop(self) -> None:
+        front = self.front
+        if self._server is not None:
+            self._server.close()
+        if front is not None:
+            front.closing = True
+            for conn in list(front.connections):
+                if conn.exchange is None and not conn.queue:
+                    conn.transport.close()
+            if front.connections:
+                front.emptied.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(front.emptied.wait(), self._grace)
+            for conn in list(front.connections):
+                conn.transport.abort()
+            front.close_pools()
+        if self._relay_server is not None:
+            self._relay_server.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+        await super().stop()
