@@ -13,7 +13,8 @@ import dataclasses
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
@@ -25,11 +26,25 @@ from workspace_proxy.errors import ConfigError
 # Modules that import prometheus_client are imported inside functions: with --workers the
 # multiprocess metrics directory must be in the environment before prometheus_client loads.
 
+T = TypeVar("T")
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 BACKLOG = 4096
 """Listen queue: aiohttp's 128 drops connections of a burst (each costs the client a 1 s retry)."""
+ACCESS_BATCH_S = 0.1
+"""Access-log lines reach stdout in batches at most this old (all of them on shutdown)."""
 KEEPALIVE_S = 75.0
 """Idle (or half-sent) client connections are closed after this (aiohttp's default is an hour)."""
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run the proxy's event loop: uvloop's where it is installed (Linux, macOS), about a third
+    less CPU per proxied call than asyncio's own loop; asyncio's elsewhere."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -139,15 +154,16 @@ def _serve(args: argparse.Namespace) -> int:
         ),
     )
     log.configure(
-        config.log_level, static={"worker": os.getpid()} if args.broker else None, cache=True
+        config.log_level,
+        static={"worker": os.getpid()} if args.broker else None,
+        cache=True,
+        access_batch_s=ACCESS_BATCH_S,
     )
     workers = args.workers if args.workers > 0 else (os.cpu_count() or 1)
     try:
         if workers > 1 and not args.broker:
             return _supervise(config, args.config, workers)
-        asyncio.run(
-            serve(config, config_path=args.config, broker=args.broker, supervisor=os.getppid())
-        )
+        run(serve(config, config_path=args.config, broker=args.broker, supervisor=os.getppid()))
     except OSError as exc:
         structlog.get_logger("workspace_proxy").error("cannot_listen", error=str(exc))
         return EXIT_FAILURE
@@ -180,7 +196,7 @@ async def _reload_on_hangup(app: web.Application, path: str, hangup: asyncio.Eve
         current = app[STATE].view.config
         new = new.keeping_listeners(current)
         if new.log_level != current.log_level:
-            log.configure(new.log_level)
+            log.set_level(new.log_level)
         await reload(app, new)
 
 
@@ -207,6 +223,7 @@ async def serve(
     SIGHUP re-reads ``config_path`` (when given) and swaps to it if it is valid. As a worker of
     ``--workers`` (``broker`` set) sessions come from the supervisor, the port is shared and the
     admin listener is the supervisor's."""
+    from workspace_proxy import log
     from workspace_proxy.app import (
         DRAINING,
         METRICS,
@@ -284,4 +301,5 @@ async def serve(
         await asyncio.gather(*tasks, return_exceptions=True)
         await runner.cleanup()
         await admin.cleanup()
+        log.access.flush()
         logger.info("stopped")

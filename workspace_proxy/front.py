@@ -26,7 +26,6 @@ import ssl
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
@@ -153,6 +152,21 @@ class Front:
         self.emptied = asyncio.Event()
         """Set when the last caller connection closes."""
         self.closing = False
+        self._sweeper = self.loop.call_soon(self._sweep)
+
+    def _sweep(self) -> None:
+        """Check every connection's timeouts; far cheaper than a timer per request. Runs about
+        four times per shortest timeout, at most once a second."""
+        now = self.loop.time()
+        for conn in list(self.connections):
+            conn.check(now)
+        config = self.state.view.config
+        shortest = min(
+            self.keepalive_s,
+            config.limits.body_idle_timeout_s,
+            config.looker.timeouts.read_s or self.keepalive_s,
+        )
+        self._sweeper = self.loop.call_later(min(1.0, max(0.01, shortest / 4)), self._sweep)
 
     @property
     def state(self) -> ProxyState:
@@ -163,6 +177,9 @@ class Front:
         if pool is None:
             pool = self._pools[backend] = Pool(self, backend)
         return pool
+
+    def stop_sweeping(self) -> None:
+        self._sweeper.cancel()
 
     def close_pools(self) -> None:
         for pool in (self.relay, *self._pools.values()):
@@ -318,7 +335,8 @@ class Caller(asyncio.Protocol):
         self.header_bytes = 0
         self.paused = False
         self.closed = False
-        self.idle_timer: asyncio.TimerHandle | None = None
+        self.idle_since = front.loop.time()
+        """When the last exchange ended (or the connection opened)."""
         limits = front.state.view.config.limits
         self.max_field = limits.max_header_bytes
         self.max_headers = limits.max_headers
@@ -332,15 +350,12 @@ class Caller(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.front.connections.add(self)
-        self._arm_idle()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.front.connections.discard(self)
         if not self.front.connections:
             self.front.emptied.set()
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
         if self.exchange is not None:
             self.exchange.caller_lost()
 
@@ -356,14 +371,12 @@ class Caller(asyncio.Protocol):
         if not self.paused and not self.closed:
             self.transport.resume_reading()
 
-    def _arm_idle(self) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-        self.idle_timer = self.front.loop.call_later(self.front.keepalive_s, self._idle_expired)
-
-    def _idle_expired(self) -> None:
-        if self.exchange is None and not self.queue:
-            self.transport.close()
+    def check(self, now: float) -> None:
+        """The front's sweeper, about every second: idle timeout, then the exchange's own."""
+        if self.exchange is not None:
+            self.exchange.check(now)
+        elif not self.queue and now - self.idle_since >= self.front.keepalive_s:
+            self.transport.close()  # idle, or never finished its request's headers
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -431,9 +444,6 @@ class Caller(asyncio.Protocol):
         if req.expect and (req.chunked or req.length):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.queue.append(req)
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
         if self.exchange is None:
             self.next_exchange()
 
@@ -442,9 +452,11 @@ class Caller(asyncio.Protocol):
         assert req is not None
         req.body_bytes += len(body)
         ex = self.exchange
-        if ex is not None and ex.request is req and ex.streaming:
-            ex.request_body(body)
-            return
+        if ex is not None and ex.request is req:
+            if ex.streaming:
+                ex.request_body(body)
+                return
+            ex.body_seen = self.front.loop.time()
         req.body.append(body)
         if not self.paused and sum(len(r.target) + r.body_bytes for r in self.queue) > _QUEUE_BYTES:
             self.paused = True
@@ -479,10 +491,9 @@ class Caller(asyncio.Protocol):
         if self.paused:
             self.paused = False
             self.transport.resume_reading()
+        self.idle_since = self.front.loop.time()
         if self.queue:
             self.next_exchange()
-        elif self.request is None:
-            self._arm_idle()
 
     def refuse(self, exc: ProxyError) -> None:
         """Answer a request the parser or the limits refused, then close."""
@@ -523,7 +534,9 @@ class Exchange:
         self.status = 0
         self.bytes_out = 0
         self.upstream_seen = 0.0
-        self.timer: asyncio.TimerHandle | None = None
+        """When the backend last sent something (or the request went out)."""
+        self.body_seen = 0.0
+        """When the caller last sent body bytes (while the fast path waits for them)."""
         self.finished = False
         # fast path only
         self.fast: Fast | None = None
@@ -543,7 +556,7 @@ class Exchange:
             # A small body: wait for all of it, so the call can be replayed after a 401.
             self.fast = fast
             self.waiting_body = True
-            self._arm(self.front.state.view.config.limits.body_idle_timeout_s, self._body_timer)
+            self.body_seen = self.front.loop.time()
             return
         self.fast = fast
         self._send()
@@ -551,7 +564,6 @@ class Exchange:
     def request_complete(self) -> None:
         if self.waiting_body:
             self.waiting_body = False
-            self._cancel_timer()
             self._send()
         elif self.streaming and self.request.chunked:
             self.up_out.append(_LAST_CHUNK)
@@ -614,9 +626,6 @@ class Exchange:
                     self.caller.paused = False
                     self.caller.transport.resume_reading()
             self.flush_request()
-        read_s = self.fast.backend.read_s if self.fast else None
-        if read_s:
-            self._arm(read_s, self._read_timer)
 
     def request_body(self, chunk: bytes) -> None:
         self.up_out.extend(_frame(self.request, chunk))
@@ -680,7 +689,6 @@ class Exchange:
         self.out.clear()
 
     def response_done(self, conn: Upstream) -> None:
-        self._cancel_timer()
         self.upstream = None
         request_sent = self.request.complete and not self.up_out
         if not request_sent:
@@ -728,7 +736,6 @@ class Exchange:
             conn.exchange = None
         if self.finished:
             return
-        self._cancel_timer()
         if not self.head_sent and self.reused and self.attempts < 2 and self.request.complete:
             # A kept-alive connection the backend had closed: nothing was answered; once more on
             # a new connection (as any HTTP client does).
@@ -748,7 +755,6 @@ class Exchange:
     def caller_lost(self) -> None:
         if self.finished:
             return
-        self._cancel_timer()
         if self.upstream is not None:
             self.upstream.reusable = False
             self.upstream.exchange = None
@@ -777,41 +783,31 @@ class Exchange:
         kind = outcome or getattr(exc, "kind", None) or exc.__class__.__name__
         self._finish(keep_alive=not close, outcome=kind)
 
-    def _arm(self, seconds: float, callback: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self.timer = self.front.loop.call_later(seconds, callback)
-
-    def _cancel_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    def _read_timer(self) -> None:
-        assert self.fast is not None
-        read_s = self.fast.backend.read_s or 0.0
-        quiet = self.front.loop.time() - self.upstream_seen
-        if quiet < read_s:
-            self._arm(read_s - quiet, self._read_timer)
+    def check(self, now: float) -> None:
+        """Timeouts, checked by the front's sweeper: a fast request's body that stalls, and
+        Looker going quiet for longer than ``looker.timeouts.read_s`` (the app times its own)."""
+        if self.waiting_body:
+            limit = self.front.state.view.config.limits.body_idle_timeout_s
+            if now - self.body_seen >= limit:
+                self.waiting_body = False
+                message = "workspace-proxy: the request body did not arrive in time."
+                self._answer(BadRequest(message, status=408, close=True))
+            return
+        fast = self.fast
+        if fast is None or self.upstream is None or not fast.backend.read_s:
+            return
+        if now - self.upstream_seen < fast.backend.read_s:
             return
         conn, self.upstream = self.upstream, None
-        if conn is not None:
-            conn.exchange = None
-            conn.reusable = False
-            conn.transport.close()
+        conn.exchange = None
+        conn.reusable = False
+        conn.transport.close()
         if self.head_sent:
             self.flush()
             self.caller.transport.abort()
             self._finish(keep_alive=False, outcome="upstream_timeout")
         else:
             self._fail(504, kind="upstream_timeout")
-
-    def _body_timer(self) -> None:
-        self.timer = None
-        self._answer(
-            BadRequest(
-                "workspace-proxy: the request body did not arrive in time.", status=408, close=True
-            )
-        )
 
     def _rid(self) -> str:
         return self.fast.rid if self.fast is not None else request_id(None)
@@ -820,7 +816,6 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
-        self._cancel_timer()
         fast = self.fast
         if fast is not None:
             fast.release(self.front.state)
@@ -1168,6 +1163,7 @@ class FrontSite(web.BaseSite):
                     await asyncio.wait_for(front.emptied.wait(), self._grace)
             for conn in list(front.connections):
                 conn.transport.abort()
+            front.stop_sweeping()
             front.close_pools()
         if self._relay_server is not None:
             self._relay_server.close()

@@ -7,6 +7,7 @@ is cut out, whatever logged it (our code, aiohttp or a library).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import re
@@ -28,6 +29,7 @@ _SECRET_TEXT: Final = re.compile(
     r"|((?:client_secret|access_token|client_id)=)[^&\s\"']+"
 )
 MASK: Final = "[redacted]"
+_BATCH_BYTES: Final = 64 * 1024
 
 
 def _scrub(text: str) -> str:
@@ -73,6 +75,10 @@ class _AccessLog:
         self.stream: TextIO | None = None
         self.static: dict[str, Any] = {}
         self.enabled = True
+        self.batch_s: float | None = None
+        """Write lines in batches at most this old (None: each line at once)."""
+        self._batch: list[str] = []
+        self._batch_bytes = 0
 
     def __call__(self, **fields: Any) -> None:
         if not self.enabled:
@@ -90,12 +96,35 @@ class _AccessLog:
         rid = fields.get("request_id")
         if isinstance(rid, str) and not rid.isalnum():
             fields["request_id"] = _scrub(rid)
-        self.stream.write(dumps(fields) + "\n")
-        self.stream.flush()
+        line = dumps(fields) + "\n"
+        if self.batch_s is None:
+            self.stream.write(line)
+            self.stream.flush()
+            return
+        if not self._batch:
+            asyncio.get_running_loop().call_later(self.batch_s, self.flush)
+        self._batch.append(line)
+        self._batch_bytes += len(line)
+        if self._batch_bytes >= _BATCH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the lines batched so far (the CLI also calls this on shutdown)."""
+        if self._batch and self.stream is not None:
+            self.stream.write("".join(self._batch))
+            self.stream.flush()
+        self._batch.clear()
+        self._batch_bytes = 0
 
 
 access = _AccessLog()
 """``log.access(request_id=..., status=..., ...)``: one line per proxied request."""
+_settings: dict[str, Any] = {}
+
+
+def set_level(level: str) -> None:
+    """Change the level only (SIGHUP with a new ``log_level``), keeping every other setting."""
+    configure(level, **_settings)
 
 
 def configure(
@@ -105,11 +134,14 @@ def configure(
     json: bool | None = None,
     static: dict[str, Any] | None = None,
     cache: bool = False,
+    access_batch_s: float | None = None,
 ) -> None:
     """Configure structlog and route stdlib logging (aiohttp's) through the same pipeline.
 
     ``static`` fields are added to every line (a worker adds its pid). ``cache`` freezes each
-    logger's processor chain on first use: faster, for a process that configures logging once."""
+    logger's processor chain on first use: faster, for a process that configures logging once.
+    ``access_batch_s`` batches access lines (JSON mode) into one write at most that often, as
+    nginx's ``access_log ... buffer= flush=`` does: one write per request was a syscall each."""
     stream = stream or sys.stdout
     as_json = not stream.isatty() if json is None else json
     fields = dict(static or {})
@@ -150,6 +182,10 @@ def configure(
             ],
         )
     )
+    _settings.update(stream=stream, json=json, static=static, cache=cache)
+    _settings["access_batch_s"] = access_batch_s
+    access.flush()
+    access.batch_s = access_batch_s
     access.stream = stream if as_json else None
     access.static = fields
     access.enabled = numeric <= logging.INFO
