@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import ctypes
 import dataclasses
+import gc
 import os
 import signal
 import sys
@@ -291,6 +292,8 @@ async def serve(
             teams={t.name: t.workspace for t in config.teams.values()},
             looker=config.looker.base_url,
         )
+        # Everything loaded so far lives until exit: keep it out of the collector's scans.
+        gc.freeze()
         await stop.wait()
         logger.info("draining", drain_s=config.shutdown.drain_s, grace_s=config.shutdown.grace_s)
         app[DRAINING][0] = True

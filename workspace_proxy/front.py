@@ -26,6 +26,7 @@ import ssl
 import tempfile
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
@@ -57,9 +58,29 @@ relays every first request at once."""
 _QUEUE_BYTES: Final = 256 * 1024
 """Pipelined request bytes held per caller connection before reading from it pauses."""
 _NO_BODY_METHODS: Final = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS"})
-_FRAMING: Final = (b"content-length", b"transfer-encoding")
 _CRLF: Final = b"\r\n"
+_NONE: Final[frozenset[bytes]] = frozenset()
 _LAST_CHUNK: Final = b"0\r\n\r\n"
+
+
+# What the front needs to know about a header, by its raw name (cached: names repeat).
+_OTHER, _HOST, _LENGTH, _TE, _EXPECT, _AUTH, _RID, _CONNECTION, _HOP = range(9)
+_KINDS: Final = {
+    b"host": _HOST,
+    b"content-length": _LENGTH,
+    b"transfer-encoding": _TE,
+    b"expect": _EXPECT,
+    b"authorization": _AUTH,
+    b"x-request-id": _RID,
+    b"connection": _CONNECTION,
+}
+
+
+@functools.lru_cache(maxsize=4096)
+def _kind(name: bytes) -> int:
+    lower = name.lower()
+    kind = _KINDS.get(lower, _OTHER)
+    return _HOP if kind == _OTHER and hop_by_hop(lower) else kind
 
 
 @functools.lru_cache(maxsize=4096)
@@ -107,15 +128,22 @@ class Request:
     """One request as parsed from the caller."""
 
     __slots__ = (
+        "ascii",
+        "auth",
+        "auths",
         "body",
         "body_bytes",
         "chunked",
         "complete",
+        "connection",
         "expect",
         "headers",
+        "host",
+        "hosts",
         "keep_alive",
         "length",
         "method",
+        "rid",
         "started",
         "target",
         "version",
@@ -134,6 +162,15 @@ class Request:
         self.complete = False
         self.started = 0.0
         self.expect = False
+        self.host = b""
+        self.hosts = 0
+        self.auth = b""
+        self.auths = 0
+        self.rid: bytes | None = None
+        self.connection = False
+        """It names headers in a Connection header (they are hop-by-hop too)."""
+        self.ascii = True
+        """Every header value is ASCII."""
 
 
 class Front:
@@ -242,6 +279,9 @@ class Upstream(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.until_close = False
         """The answer has no length and is not chunked: it ends when the connection does."""
+        self.framed = False
+        self.length: bytes | None = None
+        self.connection: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -291,21 +331,35 @@ class Upstream(asyncio.Protocol):
         self.reason = b""
         self.headers = []
         self.until_close = False
+        self.framed = False
+        self.length = None
+        self.connection = []
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        kind = _kind(name)
+        if kind == _LENGTH:
+            self.framed = True
+            self.length = value
+        elif kind == _TE:
+            self.framed = True
+            return
+        elif kind == _HOP:
+            return
+        elif kind == _CONNECTION:
+            self.connection.append(value)  # hop-by-hop, and so is every header it names
+            return
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
         if not self.parser.should_keep_alive():
             self.reusable = False
-        framed = any(n.lower() in _FRAMING for n, _ in self.headers)
-        self.until_close = status >= 200 and status not in (204, 304) and not framed
+        self.until_close = status >= 200 and status not in (204, 304) and not self.framed
         if self.exchange is not None and status >= 200:
-            self.exchange.response_head(status, self.reason, self.headers)
+            self.exchange.response_head(status, self)
 
     def on_body(self, body: bytes) -> None:
         if self.exchange is not None:
@@ -414,6 +468,26 @@ class Caller(asyncio.Protocol):
         req.headers.append((name, value))
         if len(req.headers) > self.max_headers:
             raise BadRequest("Too many request header fields.", status=431, close=True)
+        kind = _kind(name)
+        if kind:
+            if kind == _HOST:
+                req.hosts += 1
+                req.host = value
+            elif kind == _LENGTH:
+                req.length = int(value)  # llhttp has checked it
+            elif kind == _TE:
+                req.chunked = True
+            elif kind == _EXPECT:
+                req.expect = value.lower() == b"100-continue"
+            elif kind == _AUTH:
+                req.auths += 1
+                req.auth = value
+            elif kind == _RID:
+                req.rid = value
+            elif kind == _CONNECTION:
+                req.connection = True
+        if not value.isascii():
+            req.ascii = False
 
     def on_headers_complete(self) -> None:
         req = self.request
@@ -423,23 +497,10 @@ class Caller(asyncio.Protocol):
         req.version = p.get_http_version()
         req.keep_alive = p.should_keep_alive() and req.version == "1.1"
         req.started = time.perf_counter()
-        hosts = 0
-        for name, value in req.headers:
-            lower = name.lower()
-            if lower == b"host":
-                hosts += 1
-            elif lower == b"content-length":
-                req.length = int(value)
-            elif lower == b"transfer-encoding":
-                req.chunked = True
-                if req.version != "1.1":
-                    # Ambiguous framing (RFC 9112 6.1): answer and close.
-                    raise BadRequest(
-                        "Transfer-Encoding is not allowed in HTTP/1.0 requests.", close=True
-                    )
-            elif lower == b"expect" and value.lower() == b"100-continue":
-                req.expect = True
-        if hosts > 1 or (hosts == 0 and req.version == "1.1"):
+        if req.chunked and req.version != "1.1":
+            # Ambiguous framing (RFC 9112 6.1): answer and close.
+            raise BadRequest("Transfer-Encoding is not allowed in HTTP/1.0 requests.", close=True)
+        if req.hosts > 1 or (req.hosts == 0 and req.version == "1.1"):
             raise BadRequest("An HTTP/1.1 request needs exactly one Host header.", close=True)
         if req.expect and (req.chunked or req.length):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -519,6 +580,29 @@ class Caller(asyncio.Protocol):
 
 class Exchange:
     """One request: to Looker directly (fast) or to the application (relay), answer streamed."""
+
+    __slots__ = (
+        "attempts",
+        "body_seen",
+        "bytes_out",
+        "caller",
+        "chunked_out",
+        "close_after",
+        "fast",
+        "finished",
+        "front",
+        "head_sent",
+        "out",
+        "rejected",
+        "request",
+        "reused",
+        "status",
+        "streaming",
+        "up_out",
+        "upstream",
+        "upstream_seen",
+        "waiting_body",
+    )
 
     def __init__(self, caller: Caller, request: Request) -> None:
         self.caller = caller
@@ -636,25 +720,24 @@ class Exchange:
             self.up_out.clear()
 
     # --- response ---------------------------------------------------------------------------
-    def response_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    def response_head(self, status: int, up: Upstream) -> None:
+        """The answer's head for the caller: the backend's headers minus hop-by-hop ones (the
+        parser left those out) and those its Connection header names; our own framing."""
         self.status = status
         fast = self.fast
         if fast is not None and status == 401:
             self.rejected = True  # Looker ended the session: this answer is dropped
             return
         req = self.request
-        named = _connection_tokens(headers)
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-        length = None
-        for name, value in headers:
-            lower = name.lower()
-            if lower == b"content-length":
-                length = value
-            if hop_by_hop(lower) or (named and lower in named):
+        lines = [b"HTTP/1.1 %d %s\r\n" % (status, up.reason)]
+        named = _named(up.connection) if up.connection else _NONE
+        for name, value in up.headers:
+            if named and name.lower().replace(b"_", b"-") in named:
                 continue
-            if fast is not None and lower == b"x-request-id":
+            if fast is not None and _kind(name) == _RID:
                 continue
             lines += (name, b": ", value, _CRLF)
+        length = up.length
         if fast is not None:
             lines += (b"X-Request-Id: ", fast.rid.encode(), _CRLF)
         bodyless = req.method == b"HEAD" or status in (204, 304)
@@ -893,22 +976,22 @@ class Fast:
             self.backend.host_header,
             _CRLF,
         ]
-        named = _connection_tokens(req.headers)
-        host = b""
+        named = (
+            _named(v for n, v in req.headers if _kind(n) == _CONNECTION)
+            if req.connection
+            else _NONE
+        )
         for name, value in req.headers:
-            if name.lower() == b"host":
-                host = value
-            if dropped_upstream(name, named):
-                continue
-            lines += (name, b": ", value, _CRLF)
+            if not dropped_upstream(name, named):
+                lines += (name, b": ", value, _CRLF)
         lines += (b"Authorization: ", auth_header(self.session.token).encode(), _CRLF)
         if req.body_bytes or req.method not in _NO_BODY_METHODS:
             lines += (b"Content-Length: %d\r\n" % req.body_bytes,)
         if self.peer:
             lines += (b"X-Forwarded-For: ", self.peer.encode(), _CRLF)
         lines += (b"X-Forwarded-Proto: ", self.scheme.encode(), _CRLF)
-        if host:
-            lines += (b"X-Forwarded-Host: ", host, _CRLF)
+        if req.host:
+            lines += (b"X-Forwarded-Host: ", req.host, _CRLF)
         lines.append(_CRLF)
         return b"".join(lines)
 
@@ -949,29 +1032,18 @@ def plan(state: ProxyState, req: Request, peer: str, scheme: str) -> Fast | None
         or req.expect
         or (req.length or 0) > limits.replay_buffer_bytes
         or req.method == b"HEAD"
+        or req.auths != 1
+        or not req.ascii
         or not req.target.startswith(b"/")
         or not req.target.isascii()
     ):
         return None
-    credential: bytes | None = None
-    rid_in: bytes | None = None
-    for name, value in req.headers:
-        if not value.isascii():
-            return None
-        lower = name.lower()
-        if lower == b"authorization":
-            if credential is not None:
-                return None
-            credential = value
-        elif lower == b"x-request-id":
-            rid_in = value
-    if credential is None:
-        return None
-    token = bearer_value(credential.decode())
+    credential = req.auth.decode()
+    token = bearer_value(credential)
     if token is None or not is_proxy_token(token):
         return None
     try:
-        principal = view.auth.verify(credential.decode())
+        principal = view.auth.verify(credential)
     except Unauthenticated:
         return None
     if principal.sudo is not None:
@@ -993,7 +1065,7 @@ def plan(state: ProxyState, req: Request, peer: str, scheme: str) -> Fast | None
         provider,
         session,
         principal.team,
-        request_id(rid_in.decode() if rid_in is not None else None),
+        request_id(req.rid.decode() if req.rid is not None else None),
         peer,
         scheme,
     )
@@ -1011,11 +1083,9 @@ def _looker_backend(config: Config) -> Backend:
     return backend
 
 
-def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    named: set[bytes] = set()
-    for name, value in headers:
-        if name.lower() == b"connection":
-            named.update(t.strip().lower().replace(b"_", b"-") for t in value.split(b","))
+def _named(values: Iterable[bytes]) -> frozenset[bytes]:
+    """The header names listed in Connection header values, canonical (lower, ``_`` as ``-``)."""
+    named = {t.strip().lower().replace(b"_", b"-") for v in values for t in v.split(b",")}
     named.discard(b"")
     return frozenset(named)
 
