@@ -50,8 +50,15 @@ async def test_workers_share_the_port_and_one_login_per_team(
             assert await calls == [200] * 200
             async with http.get(f"{proc.admin_url}/readyz") as resp:
                 assert resp.status == 200
-            async with http.get(f"{proc.admin_url}/metrics") as resp:
-                metrics = await resp.text()
+            served = (
+                'workspace_proxy_requests_total{route="user",status="200",team="analytics"} 100.0'
+            )
+            for _ in range(40):  # workers export their counts about once a second
+                async with http.get(f"{proc.admin_url}/metrics") as resp:
+                    metrics = await resp.text()
+                if served in metrics:
+                    break
+                await asyncio.sleep(0.1)
         assert await proc.stop() == 0
     finally:
         await proc.kill()
@@ -59,7 +66,6 @@ async def test_workers_share_the_port_and_one_login_per_team(
     assert assert_every_call_pinned(looker) == 200
     workers = {e["worker"] for e in proc.events() if e["event"] == "request"}
     assert len(workers) == 2, "both workers served requests"
-    served = 'workspace_proxy_requests_total{route="user",status="200",team="analytics"} 100.0'
     assert served in metrics, "metrics add up over the workers"
 
 

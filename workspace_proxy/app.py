@@ -150,6 +150,7 @@ def _resources(clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]
                 metrics=app[METRICS],
             )
             app[STATE] = state
+            app[METRICS].in_flight_now = lambda: state.in_flight
             yield
             await state.view.sessions.close()
 

@@ -197,6 +197,7 @@ class Front:
         now = self.loop.time()
         for conn in list(self.connections):
             conn.check(now)
+        self.state.metrics.publish()
         config = self.state.view.config
         shortest = min(
             self.keepalive_s,
@@ -952,7 +953,6 @@ class Fast:
         if team is None or busy >= team.max_concurrency:
             return False
         state.in_flight[self.team] = busy + 1
-        state.metrics.in_flight_add(self.team, 1)
         self.slot = True
         return True
 
@@ -960,7 +960,6 @@ class Fast:
         if self.slot:
             self.slot = False
             state.in_flight[self.team] -= 1
-            state.metrics.in_flight_add(self.team, -1)
 
     def head(self, req: Request) -> bytes:
         """The request line and headers for Looker: the caller's headers minus everything
@@ -1234,6 +1233,7 @@ class FrontSite(web.BaseSite):
             for conn in list(front.connections):
                 conn.transport.abort()
             front.stop_sweeping()
+            front.state.metrics.publish()
             front.close_pools()
         if self._relay_server is not None:
             self._relay_server.close()

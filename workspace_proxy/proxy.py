@@ -382,7 +382,6 @@ class _Slot:
 
     def __exit__(self, *exc: object) -> None:
         self._state.in_flight[self._team] -= 1
-        self._state.metrics.in_flight_add(self._team, -1)
 
 
 def _concurrency_slot(state: ProxyState, team: TeamConfig) -> _Slot:
@@ -395,7 +394,6 @@ def _concurrency_slot(state: ProxyState, team: TeamConfig) -> _Slot:
             headers={"Retry-After": "1"},
         )
     state.in_flight[team.name] = busy + 1
-    state.metrics.in_flight_add(team.name, 1)
     return _Slot(state, team.name)
 
 
