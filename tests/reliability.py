@@ -412,3 +412,27 @@ def render(rows: Iterable[Row], outcomes: dict[str, str], reasons: dict[str, str
             lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+async def raw_answers(url: str, request: bytes, *, wait_s: float = 10) -> list[RawAnswer]:
+    """Send ``request`` and read every answer until the server closes the connection."""
+    target = URL(url)
+    assert target.host is not None
+    assert target.port is not None
+    reader, writer = await asyncio.open_connection(target.host, target.port)
+    answers: list[RawAnswer] = []
+    try:
+        writer.write(request)
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        async with asyncio.timeout(wait_s):
+            for _ in range(10):
+                answer = await read_answer(reader)
+                if answer.status == 0:
+                    break
+                answers.append(answer)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    return answers

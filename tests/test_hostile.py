@@ -27,12 +27,12 @@ from reliability import (
     RawAnswer,
     audit_summary,
     install,
+    raw_answers,
     raw_exchange,
     read_answer,
     record,
     status_of,
 )
-from yarl import URL
 
 from workspace_proxy.app import create_app
 from workspace_proxy.auth import CallerAuth
@@ -53,30 +53,6 @@ def _reliability_table(pytestconfig: pytest.Config) -> None:
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-async def raw_answers(url: str, request: bytes, *, wait_s: float = 10) -> list[RawAnswer]:
-    """Send ``request`` and read every answer until the server closes the connection."""
-    target = URL(url)
-    assert target.host is not None
-    assert target.port is not None
-    reader, writer = await asyncio.open_connection(target.host, target.port)
-    answers: list[RawAnswer] = []
-    try:
-        writer.write(request)
-        with contextlib.suppress(ConnectionError):
-            await writer.drain()
-        async with asyncio.timeout(wait_s):
-            for _ in range(10):
-                answer = await read_answer(reader)
-                if answer.status == 0:
-                    break
-                answers.append(answer)
-    finally:
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
-    return answers
 
 
 async def served(proxy: Proxy, token: str) -> int:

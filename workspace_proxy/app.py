@@ -94,6 +94,7 @@ async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
             session=info.session,
             replayed=info.replayed,
             outcome=info.outcome,
+            via="app",
         )
 
 

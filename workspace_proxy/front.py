@@ -57,7 +57,8 @@ _RELAY_BACKLOG: Final = 4096
 relays every first request at once."""
 _QUEUE_BYTES: Final = 256 * 1024
 """Pipelined request bytes held per caller connection before reading from it pauses."""
-_NO_BODY_METHODS: Final = frozenset({b"GET", b"HEAD", b"DELETE", b"OPTIONS"})
+_NO_BODY_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+"""Methods sent without Content-Length when they carry no body (as aiohttp's client does)."""
 _CRLF: Final = b"\r\n"
 _NONE: Final[frozenset[bytes]] = frozenset()
 _LAST_CHUNK: Final = b"0\r\n\r\n"
@@ -576,6 +577,7 @@ class Caller(asyncio.Protocol):
             session=None,
             replayed=False,
             outcome="malformed",
+            via="front",
         )
 
 
@@ -1013,6 +1015,7 @@ class Fast:
             session=f"{s.generation}:{s.fingerprint}",
             replayed=self.replayed,
             outcome=outcome,
+            via="front",
         )
 
 

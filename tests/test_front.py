@@ -1,0 +1,274 @@
+"""The front: plain calls take its fast path once the team's session is pinned, and reach Looker
+exactly as calls relayed to the application do; pipelining, bursts, timeouts and stale pooled
+connections are handled on that path too."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import structlog
+from aiohttp import web
+from harness import Proxy, assert_every_call_pinned
+from pytest_aiohttp import AiohttpServer
+from reliability import raw_answers
+
+from workspace_proxy.emulator import LookerEmulator
+
+pytestmark = pytest.mark.timeout(60)
+MakeProxy = Callable[..., Awaitable[Proxy]]
+USER = "/api/4.0/user"
+
+
+@contextmanager
+def access_lines() -> Iterator[list[dict[str, Any]]]:
+    """The access-log lines written meanwhile (``via`` says which path served each)."""
+    with structlog.testing.capture_logs() as events:
+        lines: list[dict[str, Any]] = []
+        yield lines
+    lines.extend(e for e in events if e.get("event") == "request")
+
+
+async def test_plain_calls_take_the_fast_path_once_the_session_is_pinned(
+    looker: LookerEmulator, proxy: Proxy
+) -> None:
+    """The first call waits for the pin in the app; later ones are forwarded by the front."""
+    token = await proxy.login("analytics")
+    with access_lines() as lines:
+        first = await proxy.get_json(USER, token)
+        second = await proxy.get_json(USER, token)
+        session = await proxy.get_json("/api/4.0/session", token)
+    assert first == second
+    assert session["workspace_id"] == "dev"
+    assert [(x["route"], x["via"]) for x in lines] == [
+        ("user", "app"),
+        ("user", "front"),
+        ("session", "front"),
+    ]
+    assert lines[1]["team"] == "analytics"
+    assert lines[1]["session"] == lines[0]["session"]
+    assert assert_every_call_pinned(looker) == 3
+
+
+class Echo:
+    """Looker's login and session, and a route that answers with what it received."""
+
+    def __init__(self) -> None:
+        self.app = web.Application()
+        self.app.router.add_post("/api/4.0/login", self.login)
+        self.app.router.add_route("*", "/api/4.0/session", self.session)
+        self.app.router.add_route("*", "/api/4.0/echo", self.echo)
+        self.base_url = ""
+
+    async def login(self, _: web.Request) -> web.Response:
+        return web.json_response(
+            {"access_token": "up-1", "token_type": "Bearer", "expires_in": 600}
+        )
+
+    async def session(self, request: web.Request) -> web.Response:
+        return web.json_response({"workspace_id": "dev"})
+
+    async def echo(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        got = {
+            "method": request.method,
+            "target": request.raw_path,
+            "headers": sorted([k, v] for k, v in request.headers.items()),
+            "body": body.decode(),
+        }
+        return web.json_response(
+            got,
+            headers={
+                "Connection": "keep-alive, X-Hop",
+                "X-Hop": "dropped",
+                "Keep-Alive": "timeout=5",
+                "X-Kept": "kept",
+                "X-Request-Id": "looker-own-id",
+            },
+        )
+
+
+@pytest.fixture
+async def echo(aiohttp_server: AiohttpServer) -> Echo:
+    upstream = Echo()
+    server = await aiohttp_server(upstream.app)
+    upstream.base_url = str(server.make_url("/")).rstrip("/")
+    return upstream
+
+
+HOSTILE_HEADERS = {
+    "X-Forwarded-For": "6.6.6.6",
+    "X-Forwarded-Host": "evil.example",
+    "Forwarded": "for=6.6.6.6",
+    "Proxy-Authorization": "Basic c3RvbGVu",
+    "X-Authorization": "token stolen",
+    "authorization_": "token stolen-2",
+    "Connection": "keep-alive, X-Named",
+    "X-Named": "hop",
+    "Keep-Alive": "timeout=1",
+    "TE": "trailers",
+    "Cookie": "session=stolen",
+    "X-Original-URL": "/api/4.0/login",
+    "X-HTTP-Method-Override": "DELETE",
+    "X-Workspace-Proxy-Peer": "6.6.6.6 https",
+    "X-Request-Id": "caller-id-1",
+    "X-Custom": "passed",
+    "Content-Type": "application/json",
+}
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
+async def test_fast_and_relayed_calls_reach_looker_identically(
+    echo: Echo, make_proxy: MakeProxy, method: str
+) -> None:
+    """The same call, relayed (cold: the app pins first) and fast (warm): Looker receives the very
+    same request, and the caller the very same answer (hop-by-hop headers dropped both ways)."""
+    proxy = await make_proxy(echo)  # duck-typed: only base_url is read
+    token = await proxy.login("analytics")
+    body = b'{"fields": ["orders.count"]}' if method == "POST" else None
+    answers = []
+    with access_lines() as lines:
+        for _ in range(2):
+            resp = await proxy.call(
+                method, "/api/4.0/echo?a=1&b=%2F", token, headers=HOSTILE_HEADERS, data=body
+            )
+            assert resp.status == 200, await resp.text()
+            answers.append((resp, await resp.json()))
+    assert [x["via"] for x in lines] == ["app", "front"]
+    (relayed, seen_relayed), (fast, seen_fast) = answers
+    assert seen_fast == seen_relayed
+    sent = {k.lower(): v for k, v in seen_fast["headers"]}
+    assert sent["authorization"] == "token up-1"
+    assert sent["x-forwarded-for"] == "127.0.0.1"
+    assert sent["x-forwarded-proto"] == "http"
+    assert sent["x-custom"] == "passed"
+    assert sent["x-request-id"] == "caller-id-1"
+    names = {k.lower() for k, _ in seen_fast["headers"]}
+    for dropped in ("proxy-authorization", "x-authorization", "authorization_", "forwarded"):
+        assert dropped not in names
+    for dropped in ("x-named", "keep-alive", "te", "cookie", "x-original-url"):
+        assert dropped not in names
+    assert "x-http-method-override" not in names
+    assert "x-workspace-proxy-peer" not in names
+    assert seen_fast["target"] == "/api/4.0/echo?a=1&b=%2F"
+    assert seen_fast["body"] == (body or b"").decode()
+    for resp in (relayed, fast):
+        assert resp.headers["X-Kept"] == "kept"
+        assert "X-Hop" not in resp.headers
+        assert "Keep-Alive" not in resp.headers
+        assert resp.headers["X-Request-Id"] == "caller-id-1"  # ours, not Looker's
+
+
+async def test_pipelined_requests_are_answered_in_order(
+    looker: LookerEmulator, proxy: Proxy
+) -> None:
+    """Several requests in one write, fast and relayed mixed: one answer each, in order."""
+    token = await proxy.login("analytics")
+    await proxy.get_json(USER, token)  # pinned: the GETs below take the fast path
+    login = b"client_id=finance-caller&client_secret=finance-caller-secret"
+
+    def get(path: str, close: bool = False) -> bytes:
+        tail = b"Connection: close\r\n" if close else b""
+        return (
+            f"GET {path} HTTP/1.1\r\nHost: proxy.test\r\nAuthorization: token {token}\r\n".encode()
+            + tail
+            + b"\r\n"
+        )
+
+    pipelined = (
+        get(USER)
+        + b"POST /api/4.0/login HTTP/1.1\r\nHost: proxy.test\r\n"
+        + b"Content-Type: application/x-www-form-urlencoded\r\n"
+        + f"Content-Length: {len(login)}\r\n\r\n".encode()
+        + login
+        + get("/api/4.0/session")
+        + get("/api/4.0/lookml_models", close=True)
+    )
+    answers = await raw_answers(proxy.base_url, pipelined)
+    assert [a.status for a in answers] == [200, 200, 200, 200]
+    user, issued, session, models = (a.json for a in answers)
+    assert isinstance(user, dict)
+    assert user["id"] == "2"
+    assert isinstance(issued, dict)
+    assert "access_token" in issued
+    assert isinstance(session, dict)
+    assert session["workspace_id"] == "dev"
+    assert isinstance(models, list)
+    assert assert_every_call_pinned(looker) == 4
+
+
+async def test_a_cold_burst_is_relayed_without_refusals(
+    looker: LookerEmulator, proxy: Proxy
+) -> None:
+    """300 concurrent first calls: all relayed to the app at once (none refused), one login."""
+    token = await proxy.login("analytics")
+    resp = await asyncio.gather(*(proxy.call("GET", USER, token) for _ in range(300)))
+    assert [r.status for r in resp] == [200] * 300
+    assert (looker.logins, looker.session_patches) == (1, 1)
+    assert assert_every_call_pinned(looker) == 300
+
+
+async def test_looker_going_quiet_on_the_fast_path_is_a_504(
+    looker: LookerEmulator, make_proxy: MakeProxy
+) -> None:
+    """looker.timeouts.read_s bounds a fast call's wait for Looker: Looker-shaped 504."""
+    proxy = await make_proxy(
+        looker,
+        looker={
+            "base_url": looker.base_url,
+            "timeouts": {"connect_s": 2, "read_s": 0.3, "session_s": 5},
+        },
+    )
+    token = await proxy.login("analytics")
+    await proxy.get_json(USER, token)
+    looker.faults.latency_s = 1.0
+    with access_lines() as lines:
+        resp = await proxy.call("GET", USER, token)
+        body = await resp.json()
+    assert resp.status == 504
+    assert set(body) == {"message", "documentation_url"}
+    assert [(x["via"], x["outcome"]) for x in lines] == [("front", "upstream_timeout")]
+    looker.faults.latency_s = 0.0
+    assert (await proxy.call("GET", USER, token)).status == 200
+
+
+async def test_a_stalled_small_body_on_the_fast_path_is_a_408(
+    looker: LookerEmulator, make_proxy: MakeProxy
+) -> None:
+    """A small body that stops arriving gets 408 after limits.body_idle_timeout_s; nothing is
+    forwarded and the team's slot is free again."""
+    proxy = await make_proxy(looker, limits={"body_idle_timeout_s": 0.3})
+    token = await proxy.login("analytics")
+    await proxy.get_json(USER, token)
+    before = len(looker.audit)
+    half = (
+        f"POST /api/4.0/queries HTTP/1.1\r\nHost: proxy.test\r\nAuthorization: token {token}\r\n"
+        'Content-Type: application/json\r\nContent-Length: 40\r\n\r\n{"model":'
+    ).encode()
+    answers = await raw_answers(proxy.base_url, half, wait_s=5)
+    assert [a.status for a in answers] == [408]
+    assert answers[0].looker_shaped
+    assert answers[0].headers["Connection"] == "close"
+    assert len(looker.audit) == before
+    assert (await proxy.call("GET", USER, token)).status == 200
+
+
+async def test_a_pooled_connection_looker_closed_is_replaced(
+    aiohttp_server: AiohttpServer, make_proxy: MakeProxy
+) -> None:
+    """Looker closes idle keep-alive connections; the next fast call opens a new one."""
+    echo = Echo()
+    server = await aiohttp_server(echo.app, keepalive_timeout=0.2)
+    echo.base_url = str(server.make_url("/")).rstrip("/")
+    proxy = await make_proxy(echo)
+    token = await proxy.login("analytics")
+    with access_lines() as lines:
+        for _ in range(3):
+            resp = await proxy.call("GET", "/api/4.0/echo", token)
+            assert resp.status == 200
+            await resp.read()
+            await asyncio.sleep(0.5)  # longer than Looker keeps an idle connection
+    assert [x["via"] for x in lines] == ["app", "front", "front"]
