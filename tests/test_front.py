@@ -272,3 +272,17 @@ async def test_a_pooled_connection_looker_closed_is_replaced(
             await resp.read()
             await asyncio.sleep(0.5)  # longer than Looker keeps an idle connection
     assert [x["via"] for x in lines] == ["app", "front", "front"]
+
+
+async def test_garbage_after_a_pipelined_request_is_answered_after_it(
+    looker: LookerEmulator, proxy: Proxy
+) -> None:
+    """A good request, then bytes that do not parse, in one write: the good one is answered
+    first, then a Looker-shaped 400, then the connection closes."""
+    token = await proxy.login("analytics")
+    await proxy.get_json(USER, token)
+    good = f"GET {USER} HTTP/1.1\r\nHost: proxy.test\r\nAuthorization: token {token}\r\n\r\n"
+    answers = await raw_answers(proxy.base_url, good.encode() + b"NOT HTTP AT ALL\r\n\r\n")
+    assert [a.status for a in answers] == [200, 400]
+    assert answers[1].looker_shaped
+    assert answers[1].headers["Connection"] == "close"

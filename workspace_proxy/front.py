@@ -311,7 +311,11 @@ class Upstream(asyncio.Protocol):
         ex.upstream_seen = ex.front.loop.time()
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
+        except httptools.HttpParserError as exc:
+            if isinstance(exc, httptools.HttpParserCallbackError):
+                log.error("front_failed", exc_info=exc.__context__)
+            else:
+                log.warning("upstream_garbage", error=_parser_reason(exc))
             self.reusable = False
             self.transport.close()
             if self.exchange is not None:
@@ -393,6 +397,11 @@ class Caller(asyncio.Protocol):
         self.closed = False
         self.idle_since = front.loop.time()
         """When the last exchange ended (or the connection opened)."""
+        self.last = False
+        """Nothing after the requests already queued is read (the connection asked to switch
+        protocols)."""
+        self.refusal: ProxyError | None = None
+        """An answer to bytes that could not be parsed, due once the requests before them are."""
         limits = front.state.view.config.limits
         self.max_field = limits.max_header_bytes
         self.max_headers = limits.max_headers
@@ -438,13 +447,19 @@ class Caller(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self.refuse(BadRequest("workspace-proxy does not upgrade connections.", close=True))
+            # CONNECT or Upgrade: answered as a plain request (the app refuses CONNECT), never
+            # switched; what follows may be another protocol, so nothing more is read.
+            self.last = True
+            self.paused = True
+            self.transport.pause_reading()
+            if self.exchange is None and not self.queue:
+                self.transport.close()
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
-            if isinstance(cause, ProxyError):
-                self.refuse(cause)
-            else:
-                raise
+            if not isinstance(cause, ProxyError):
+                log.error("front_failed", exc_info=cause)
+                cause = ProxyError()  # 500, "Internal proxy error."
+            self.refuse(cause)
         except httptools.HttpParserError as exc:
             self.refuse(BadRequest(f"Malformed HTTP request: {_parser_reason(exc)}.", close=True))
         if self.exchange is not None:
@@ -547,6 +562,12 @@ class Caller(asyncio.Protocol):
     def exchange_done(self, keep_alive: bool) -> None:
         self.exchange = None
         self.queue.popleft()
+        if self.refusal is not None and not self.queue:
+            self._write_refusal()
+            return
+        if self.last and not self.queue:
+            self.transport.close()
+            return
         if not keep_alive or self.front.closing:
             self.queue.clear()
             self.transport.close()
@@ -559,7 +580,23 @@ class Caller(asyncio.Protocol):
             self.next_exchange()
 
     def refuse(self, exc: ProxyError) -> None:
-        """Answer a request the parser or the limits refused, then close."""
+        """Answer bytes the parser or the limits refused, then close. Complete requests before
+        them are answered first, in order; the one they belong to is not."""
+        self.refusal = exc
+        self.paused = True
+        self.transport.pause_reading()
+        ex = self.exchange
+        if ex is not None and not ex.request.complete:
+            ex.abandon()  # the refused bytes are part of the request being served
+            return
+        self.queue = deque(r for r in self.queue if r.complete)
+        if ex is None:
+            self._write_refusal()
+
+    def _write_refusal(self) -> None:
+        exc, self.refusal = self.refusal, None
+        if exc is None or self.closed:
+            return
         status, body, headers = error_json(exc)
         rid = request_id(None)
         self.transport.write(_head(status, b"", headers, len(body), rid, close=True) + body)
@@ -838,6 +875,23 @@ class Exchange:
         self.caller.transport.abort()
         self._finish(keep_alive=False, outcome="upstream_broken")
 
+    def abandon(self) -> None:
+        """The rest of this request cannot be read (its bytes were refused): answer with the
+        caller's pending refusal if nothing was answered yet, else cut the connection."""
+        if self.finished:
+            return
+        if self.upstream is not None:
+            self.upstream.reusable = False
+            self.upstream.exchange = None
+            self.upstream.transport.close()
+            self.upstream = None
+        if self.head_sent:
+            self.flush()
+            self.caller.transport.abort()
+        else:
+            self.caller._write_refusal()
+        self._finish(keep_alive=False, outcome="malformed")
+
     def caller_lost(self) -> None:
         if self.finished:
             return
@@ -1073,16 +1127,14 @@ def plan(state: ProxyState, req: Request, peer: str, scheme: str) -> Fast | None
     )
 
 
-_BACKENDS: dict[int, Backend] = {}
+_BACKEND: list[tuple[Config, Backend]] = []
+"""The last config's Looker backend (the config is held, so identity cannot be reused)."""
 
 
 def _looker_backend(config: Config) -> Backend:
-    backend = _BACKENDS.get(id(config))
-    if backend is None:
-        if len(_BACKENDS) > 16:
-            _BACKENDS.clear()
-        backend = _BACKENDS[id(config)] = Backend.looker(config)
-    return backend
+    if not _BACKEND or _BACKEND[0][0] is not config:
+        _BACKEND[:] = [(config, Backend.looker(config))]
+    return _BACKEND[0][1]
 
 
 def _named(values: Iterable[bytes]) -> frozenset[bytes]:
