@@ -286,3 +286,37 @@ async def test_garbage_after_a_pipelined_request_is_answered_after_it(
     assert [a.status for a in answers] == [200, 400]
     assert answers[1].looker_shaped
     assert answers[1].headers["Connection"] == "close"
+
+
+async def test_answers_without_a_body_do_not_stall_the_connection(proxy: Proxy) -> None:
+    """The app's answers to HEAD carry a Content-Length but no body: the next request on the
+    same connection is answered at once (it used to wait for bytes that never come)."""
+    token = await proxy.login("analytics")
+    for path in ("/api/4.0/session", "/api/4.0/user", "/versions"):
+        for _ in range(2):
+            resp = await asyncio.wait_for(proxy.call("HEAD", path, token), 5)
+            assert resp.status in (200, 404)
+            assert await resp.read() == b""
+    assert (await proxy.call("GET", USER, token)).status == 200
+
+
+async def test_a_large_answer_streams_through_the_fast_path_intact(
+    looker: LookerEmulator, proxy: Proxy
+) -> None:
+    """A 20 MB CSV on the fast path (its body bypasses the parser once the head is through)
+    arrives byte for byte, and the connection serves the next call."""
+    token = await proxy.login("analytics")
+    query = {"model": "sales", "view": "orders", "fields": ["orders.id"]}
+    created = await proxy.call("POST", "/api/4.0/queries", token, json=query)
+    qid = (await created.json())["id"]
+    size = 20_000_000
+    with access_lines() as lines:
+        csv = f"/api/4.0/queries/{qid}/run/csv?emulator_bytes={size}"
+        resp = await proxy.call("GET", csv, token)
+        body = await resp.read()
+        after = await proxy.call("GET", USER, token)
+    assert resp.status == 200
+    assert len(body) == size
+    assert after.status == 200
+    assert [x["via"] for x in lines] == ["front", "front"]
+    assert lines[0]["bytes_out"] == size

@@ -55,6 +55,8 @@ _MAX_IDLE_UPSTREAM: Final = 256
 _RELAY_BACKLOG: Final = 4096
 """A Unix listener refuses (rather than queues) connections beyond its backlog: a cold start
 relays every first request at once."""
+_BIG_READ: Final = 128 * 1024
+"""While a large body streams from a backend, wake up for no less than this much."""
 _QUEUE_BYTES: Final = 256 * 1024
 """Pipelined request bytes held per caller connection before reading from it pauses."""
 _NO_BODY_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS"})
@@ -282,14 +284,26 @@ class Upstream(asyncio.Protocol):
         self.until_close = False
         """The answer has no length and is not chunked: it ends when the connection does."""
         self.framed = False
+        self.chunked = False
         self.length: bytes | None = None
         self.connection: list[bytes] = []
+        self.received = 0
+        """Body bytes of the current answer seen by the parser."""
+        self.remaining = 0
+        """Body bytes still to come of an answer of known length, passed on without the parser
+        (the bulk of a large download: no copy, no callback per chunk)."""
+        self.bodyless = False
+        """The answer to a HEAD request: it has no body, whatever its Content-Length says."""
+        self.sock: socket.socket | None = None
+        self.lowat = 1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if transport.get_extra_info("sslcontext") is None:
+                self.sock = sock  # TLS records make byte counts on the socket meaningless
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
@@ -309,6 +323,9 @@ class Upstream(asyncio.Protocol):
             self.transport.close()
             return
         ex.upstream_seen = ex.front.loop.time()
+        if self.remaining:
+            self._pass_body(ex, data)
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -321,8 +338,49 @@ class Upstream(asyncio.Protocol):
             if self.exchange is not None:
                 self.exchange.upstream_lost()
             return
-        if self.exchange is not None:
-            self.exchange.flush()
+        ex = self.exchange
+        if ex is None:
+            return
+        if ex.head_sent and (self.bodyless or (self.length is not None and not self.chunked)):
+            # The head is through and the rest is a known number of bytes (or none): the parser
+            # is done with this answer. A fresh one reads the next answer on this connection.
+            self.parser = httptools.HttpResponseParser(self)
+            self.remaining = 0 if self.bodyless else int(self.length or 0) - self.received
+            if not self.remaining:
+                self._complete(ex)
+                return
+            self._low_water()
+        ex.flush()
+
+    def _pass_body(self, ex: Exchange, data: bytes) -> None:
+        if len(data) > self.remaining:  # more than the answer announced: not to be trusted
+            log.warning("upstream_garbage", error="bytes after the announced body")
+            self.reusable = False
+            data = data[: self.remaining]
+        self.remaining -= len(data)
+        ex.response_body(data)
+        if self.remaining:
+            if self.remaining < self.lowat:
+                self._low_water()
+            ex.flush()
+        else:
+            self._low_water()
+            self._complete(ex)
+            if not self.reusable:
+                self.transport.close()
+
+    def _low_water(self) -> None:
+        """Wake for a large body only once a big chunk is waiting (SO_RCVLOWAT): when the
+        machine is busy, reading whatever little has arrived makes many small chunks, each
+        costing a read, a write and a callback, which made a busy download slower still."""
+        want = min(self.remaining, _BIG_READ) or 1
+        if want != self.lowat and self.sock is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
+            self.lowat = want
+
+    def _complete(self, ex: Exchange) -> None:
+        self.exchange = None
+        ex.response_done(self)
 
     def pause_writing(self) -> None:
         if self.exchange is not None:
@@ -338,8 +396,11 @@ class Upstream(asyncio.Protocol):
         self.headers = []
         self.until_close = False
         self.framed = False
+        self.chunked = False
         self.length = None
         self.connection = []
+        self.received = 0
+        self.bodyless = False
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
@@ -350,7 +411,7 @@ class Upstream(asyncio.Protocol):
             self.framed = True
             self.length = value
         elif kind == _TE:
-            self.framed = True
+            self.framed = self.chunked = True
             return
         elif kind == _HOP:
             return
@@ -363,11 +424,14 @@ class Upstream(asyncio.Protocol):
         status = self.parser.get_status_code()
         if not self.parser.should_keep_alive():
             self.reusable = False
-        self.until_close = status >= 200 and status not in (204, 304) and not self.framed
-        if self.exchange is not None and status >= 200:
-            self.exchange.response_head(status, self)
+        ex = self.exchange
+        self.bodyless = status in (204, 304) or (ex is not None and ex.request.method == b"HEAD")
+        self.until_close = status >= 200 and not self.bodyless and not self.framed
+        if ex is not None and status >= 200:
+            ex.response_head(status, self)
 
     def on_body(self, body: bytes) -> None:
+        self.received += len(body)
         if self.exchange is not None:
             self.exchange.response_body(body)
 
@@ -414,6 +478,7 @@ class Caller(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport.set_write_buffer_limits(high=1024 * 1024, low=256 * 1024)
         self.front.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
