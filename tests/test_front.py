@@ -320,3 +320,31 @@ async def test_a_large_answer_streams_through_the_fast_path_intact(
     assert after.status == 200
     assert [x["via"] for x in lines] == ["front", "front"]
     assert lines[0]["bytes_out"] == size
+
+
+async def test_an_early_answer_reaches_a_caller_still_sending_its_body(
+    looker: LookerEmulator, make_proxy: MakeProxy
+) -> None:
+    """A body announced over the limit is refused (413) before it is read; the caller keeps
+    sending it and must still read the 413 (the front lingers instead of resetting)."""
+    proxy = await make_proxy(looker, limits={"max_request_body_bytes": 1_000_000})
+    token = await proxy.login("analytics")
+    await proxy.get_json(USER, token)
+    size = 8_000_000
+    host, port = proxy.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"POST /api/4.0/queries HTTP/1.1\r\nHost: proxy.test\r\nAuthorization: token {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {size}\r\n\r\n".encode()
+    )
+    chunk = b"x" * 65536
+    try:
+        for _ in range(size // len(chunk)):
+            writer.write(chunk)
+            await writer.drain()
+    except ConnectionError:
+        pass  # the front stops reading after the lingering time; the answer is already there
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b"Connection: close" in answer

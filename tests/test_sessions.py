@@ -97,6 +97,7 @@ async def test_large_streamed_body_is_not_replayed(looker: LookerEmulator, proxy
         "POST", "/api/4.0/queries", token, data=big, headers={"Content-Type": "application/json"}
     )
     assert resp.status == 200
+    await resp.read()
     assert looker.logins == 2
 
 

@@ -55,6 +55,10 @@ _MAX_IDLE_UPSTREAM: Final = 256
 _RELAY_BACKLOG: Final = 4096
 """A Unix listener refuses (rather than queues) connections beyond its backlog: a cold start
 relays every first request at once."""
+_LINGER_S: Final = 2.0
+"""How long the rest of an early-answered body is read and discarded before closing."""
+_DNS_TTL_S: Final = 10.0
+"""How long Looker's looked-up address is used for new connections (aiohttp's default too)."""
 _BIG_READ: Final = 128 * 1024
 """While a large body streams from a backend, wake up for no less than this much."""
 _QUEUE_BYTES: Final = 256 * 1024
@@ -234,6 +238,8 @@ class Pool:
         self.front = front
         self.backend = backend
         self.idle: list[Upstream] = []
+        self._resolved: tuple[float, str] | None = None
+        self._resolving: asyncio.Task[str] | None = None
 
     def take(self) -> Upstream | None:
         while self.idle:
@@ -243,19 +249,43 @@ class Pool:
         return None
 
     async def connect(self) -> Upstream:
+        """A new connection (its timeout, ``connect_s``, is enforced by the sweeper)."""
         b, loop = self.backend, self.front.loop
-        async with asyncio.timeout(b.connect_s):
-            if b.unix is not None:
-                _, conn = await loop.create_unix_connection(lambda: Upstream(self), b.unix)
-            else:
-                _, conn = await loop.create_connection(
-                    lambda: Upstream(self),
-                    b.host,
-                    b.port,
-                    ssl=b.ssl,
-                    server_hostname=b.host if b.ssl else None,
-                )
+        if b.unix is not None:
+            _, conn = await loop.create_unix_connection(lambda: Upstream(self), b.unix)
+            return conn
+        address = await self._address()
+        try:
+            _, conn = await loop.create_connection(
+                lambda: Upstream(self),
+                address,
+                b.port,
+                ssl=b.ssl,
+                server_hostname=b.host if b.ssl else None,
+            )
+        except OSError:
+            self._resolved = None  # Looker may have moved: look it up again next time
+            raise
         return conn
+
+    async def _address(self) -> str:
+        """Looker's address, looked up at most every ``_DNS_TTL_S`` and once for any number of
+        connections opened together (a burst would otherwise send as many DNS queries)."""
+        resolved = self._resolved
+        if resolved is not None and resolved[0] > self.front.loop.time():
+            return resolved[1]
+        if self._resolving is None or self._resolving.done():
+            self._resolving = self.front.loop.create_task(self._resolve())
+        return await asyncio.shield(self._resolving)
+
+    async def _resolve(self) -> str:
+        loop = self.front.loop
+        found = await loop.getaddrinfo(
+            self.backend.host, self.backend.port, type=socket.SOCK_STREAM
+        )
+        address = str(found[0][4][0])
+        self._resolved = (loop.time() + _DNS_TTL_S, address)
+        return address
 
     def give_back(self, conn: Upstream) -> None:
         if conn.reusable and not self.front.closing and len(self.idle) < _MAX_IDLE_UPSTREAM:
@@ -299,11 +329,11 @@ class Upstream(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # asyncio and uvloop set TCP_NODELAY on TCP sockets themselves.
         sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if transport.get_extra_info("sslcontext") is None:
-                self.sock = sock  # TLS records make byte counts on the socket meaningless
+        tls = transport.get_extra_info("sslcontext") is not None
+        if sock is not None and sock.family != socket.AF_UNIX and not tls:
+            self.sock = sock  # (TLS records make byte counts on the socket meaningless)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
@@ -461,6 +491,8 @@ class Caller(asyncio.Protocol):
         self.closed = False
         self.idle_since = front.loop.time()
         """When the last exchange ended (or the connection opened)."""
+        self.linger_until = 0.0
+        """Closing: what the caller still sends is discarded until then (see ``_close``)."""
         self.last = False
         """Nothing after the requests already queued is read (the connection asked to switch
         protocols)."""
@@ -475,9 +507,6 @@ class Caller(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else ""
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.transport.set_write_buffer_limits(high=1024 * 1024, low=256 * 1024)
         self.front.connections.add(self)
 
@@ -501,14 +530,33 @@ class Caller(asyncio.Protocol):
         if not self.paused and not self.closed:
             self.transport.resume_reading()
 
+    def _close(self, *, unread: bool) -> None:
+        """Close once the answers written so far are out. When the caller may still be sending
+        the body we answered early (a 413, a 503), half-close and discard what it sends for a
+        moment first: closing with unread bytes would reset the connection, and the caller
+        would see the reset instead of our answer (a lingering close, as nginx and aiohttp do)."""
+        if unread and not self.closed and self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.linger_until = self.front.loop.time() + _LINGER_S
+            self.paused = False
+            self.transport.resume_reading()
+            return
+        self.transport.close()
+
     def check(self, now: float) -> None:
         """The front's sweeper, about every second: idle timeout, then the exchange's own."""
+        if self.linger_until:
+            if now >= self.linger_until:
+                self.transport.close()
+            return
         if self.exchange is not None:
             self.exchange.check(now)
         elif not self.queue and now - self.idle_since >= self.front.keepalive_s:
             self.transport.close()  # idle, or never finished its request's headers
 
     def data_received(self, data: bytes) -> None:
+        if self.linger_until:
+            return  # the rest of a body we already answered: discarded
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -626,7 +674,7 @@ class Caller(asyncio.Protocol):
 
     def exchange_done(self, keep_alive: bool) -> None:
         self.exchange = None
-        self.queue.popleft()
+        done = self.queue.popleft()
         if self.refusal is not None and not self.queue:
             self._write_refusal()
             return
@@ -635,7 +683,7 @@ class Caller(asyncio.Protocol):
             return
         if not keep_alive or self.front.closing:
             self.queue.clear()
-            self.transport.close()
+            self._close(unread=not done.complete)
             return
         if self.paused:
             self.paused = False
@@ -693,6 +741,9 @@ class Exchange:
         "caller",
         "chunked_out",
         "close_after",
+        "connect_started",
+        "connect_timed_out",
+        "connecting",
         "fast",
         "finished",
         "front",
@@ -736,6 +787,9 @@ class Exchange:
         self.close_after = False
         self.waiting_body = False
         """A fast request waits for its (small) body before it is sent."""
+        self.connecting: asyncio.Task[None] | None = None
+        self.connect_started = 0.0
+        self.connect_timed_out = False
 
     # --- start ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -769,28 +823,42 @@ class Exchange:
         if conn is not None:
             self._attach(conn)
         else:
-            self.front.loop.create_task(self._connect(pool))
+            self._start_connect(pool)
+
+    def _start_connect(self, pool: Pool) -> None:
+        self.connect_started = self.front.loop.time()
+        self.connecting = self.front.loop.create_task(self._connect(pool))
 
     async def _connect(self, pool: Pool) -> None:
         try:
             conn = await pool.connect()
-        except (OSError, TimeoutError) as exc:
-            if not self.caller.closed:
-                log.warning(
-                    "upstream_error",
-                    error=exc.__class__.__name__,
-                    relay=self.fast is None,
-                    request_id=self._rid(),
-                )
-                self._fail(504 if isinstance(exc, TimeoutError) else 502, kind="connect")
-            else:
-                self._finish(keep_alive=False)
+        except asyncio.CancelledError:
+            if not self.connect_timed_out:
+                raise
+            self._connect_failed(TimeoutError())
             return
+        except OSError as exc:
+            self._connect_failed(exc)
+            return
+        finally:
+            self.connecting = None
         if self.caller.closed:
             conn.transport.close()
             self._finish(keep_alive=False)
             return
         self._attach(conn)
+
+    def _connect_failed(self, exc: Exception) -> None:
+        if self.caller.closed:
+            self._finish(keep_alive=False)
+            return
+        log.warning(
+            "upstream_error",
+            error=exc.__class__.__name__,
+            relay=self.fast is None,
+            request_id=self._rid(),
+        )
+        self._fail(504 if isinstance(exc, TimeoutError) else 502, kind="connect")
 
     def _attach(self, conn: Upstream) -> None:
         self.upstream = conn
@@ -928,7 +996,7 @@ class Exchange:
             # A kept-alive connection the backend had closed: nothing was answered; once more on
             # a new connection (as any HTTP client does).
             self.streaming = False
-            self.front.loop.create_task(self._connect(conn.pool if conn else self.front.relay))
+            self._start_connect(conn.pool if conn else self.front.relay)
             return
         if not self.head_sent:
             self._fail(502, kind="upstream_broken")
@@ -991,6 +1059,12 @@ class Exchange:
     def check(self, now: float) -> None:
         """Timeouts, checked by the front's sweeper: a fast request's body that stalls, and
         Looker going quiet for longer than ``looker.timeouts.read_s`` (the app times its own)."""
+        if self.connecting is not None:
+            connect_s = self.fast.backend.connect_s if self.fast is not None else None
+            if connect_s and now - self.connect_started >= connect_s:
+                self.connect_timed_out = True
+                self.connecting.cancel()
+            return
         if self.waiting_body:
             limit = self.front.state.view.config.limits.body_idle_timeout_s
             if now - self.body_seen >= limit:
