@@ -1001,11 +1001,8 @@ class Exchange:
         if not self.head_sent:
             self._fail(502, kind="upstream_broken")
             return
-        # Headers are gone: cut the caller's connection, so a truncated body can never pass for
-        # a complete one.
         log.warning("upstream_stream_broken", request_id=self._rid())
-        self.flush()
-        self.caller.transport.abort()
+        self._cut()
         self._finish(keep_alive=False, outcome="upstream_broken")
 
     def abandon(self) -> None:
@@ -1013,14 +1010,9 @@ class Exchange:
         caller's pending refusal if nothing was answered yet, else cut the connection."""
         if self.finished:
             return
-        if self.upstream is not None:
-            self.upstream.reusable = False
-            self.upstream.exchange = None
-            self.upstream.transport.close()
-            self.upstream = None
+        self._drop_upstream()
         if self.head_sent:
-            self.flush()
-            self.caller.transport.abort()
+            self._cut()
         else:
             self.caller._write_refusal()
         self._finish(keep_alive=False, outcome="malformed")
@@ -1028,12 +1020,22 @@ class Exchange:
     def caller_lost(self) -> None:
         if self.finished:
             return
-        if self.upstream is not None:
-            self.upstream.reusable = False
-            self.upstream.exchange = None
-            self.upstream.transport.close()
-            self.upstream = None
+        self._drop_upstream()
         self._finish(keep_alive=False, outcome="caller_gone")
+
+    def _drop_upstream(self) -> None:
+        """Close this exchange's backend connection: its state is unknown, never reuse it."""
+        conn, self.upstream = self.upstream, None
+        if conn is not None:
+            conn.reusable = False
+            conn.exchange = None
+            conn.transport.close()
+
+    def _cut(self) -> None:
+        """The answer's head is out: cutting the caller's connection is the only honest signal
+        left, so that a truncated body can never pass for a complete one."""
+        self.flush()
+        self.caller.transport.abort()
 
     def _fail(self, status: int, *, kind: str) -> None:
         if self.fast is None:
@@ -1077,13 +1079,9 @@ class Exchange:
             return
         if now - self.upstream_seen < fast.backend.read_s:
             return
-        conn, self.upstream = self.upstream, None
-        conn.exchange = None
-        conn.reusable = False
-        conn.transport.close()
+        self._drop_upstream()
         if self.head_sent:
-            self.flush()
-            self.caller.transport.abort()
+            self._cut()
             self._finish(keep_alive=False, outcome="upstream_timeout")
         else:
             self._fail(504, kind="upstream_timeout")
