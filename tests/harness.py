@@ -55,6 +55,8 @@ class ProxyServer(TestServer):
     """The proxy app behind its front, as ``workspace-proxy serve`` runs it, on a free port.
     ``start_server(keepalive_s=...)`` shortens the idle timeout of caller connections."""
 
+    site: FrontSite | None = None
+
     async def start_server(self, loop: Any = None, **kwargs: Any) -> None:
         if self.runner:
             return
@@ -68,6 +70,7 @@ class ProxyServer(TestServer):
             self.runner, sock=sock, ssl_context=tls, keepalive_s=keepalive_s, shutdown_timeout=5
         )
         await site.start()
+        self.site = site
         self.scheme = self.scheme or ("https" if tls else "http")
         self._root = URL(f"{self.scheme}://{self.host}:{self.port}")
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import structlog
 from aiohttp import web
-from harness import Proxy, assert_every_call_pinned
+from harness import Proxy, ProxyServer, assert_every_call_pinned
 from pytest_aiohttp import AiohttpServer
 from reliability import raw_answers
 
@@ -348,3 +348,39 @@ async def test_an_early_answer_reaches_a_caller_still_sending_its_body(
     writer.close()
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
     assert b"Connection: close" in answer
+
+
+async def test_a_caller_that_stops_reading_frees_its_slot(
+    looker: LookerEmulator, make_proxy: MakeProxy
+) -> None:
+    """A caller that stops reading a large answer is cut after the idle timeout: the Looker
+    connection and the team's concurrency slot it held are free again."""
+    proxy = await make_proxy(looker, team_settings={"analytics": {"max_concurrency": 1}})
+    server = proxy.client.server
+    assert isinstance(server, ProxyServer)
+    assert server.site is not None
+    assert server.site.front is not None
+    server.site.front.keepalive_s = 0.5
+    token = await proxy.login("analytics")
+    query = {"model": "sales", "view": "orders", "fields": ["orders.id"]}
+    created = await proxy.call("POST", "/api/4.0/queries", token, json=query)
+    csv = f"/api/4.0/queries/{(await created.json())['id']}/run/csv?emulator_bytes=200000000"
+    host, port = proxy.base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"GET {csv} HTTP/1.1\r\nHost: proxy.test\r\nAuthorization: token {token}\r\n\r\n".encode()
+    )
+    await reader.readexactly(1024)  # the answer has started; this caller reads no more
+    statuses = []
+    with access_lines() as lines:
+        for _ in range(50):
+            resp = await proxy.call("GET", USER, token)
+            await resp.read()
+            statuses.append(resp.status)
+            if resp.status == 200:
+                break
+            await asyncio.sleep(0.1)
+    writer.close()
+    assert statuses[0] == 429, "the stalled download holds the team's only slot"
+    assert statuses[-1] == 200, "the stalled caller's slot was never freed"
+    assert ("front", "caller_stalled") in [(x["via"], x["outcome"]) for x in lines]

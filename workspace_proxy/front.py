@@ -491,6 +491,8 @@ class Caller(asyncio.Protocol):
         self.closed = False
         self.idle_since = front.loop.time()
         """When the last exchange ended (or the connection opened)."""
+        self.full_since = 0.0
+        """When writing to the caller last had to pause (its buffers full); 0 when it reads."""
         self.linger_until = 0.0
         """Closing: what the caller still sends is discarded until then (see ``_close``)."""
         self.last = False
@@ -519,10 +521,12 @@ class Caller(asyncio.Protocol):
             self.exchange.caller_lost()
 
     def pause_writing(self) -> None:
+        self.full_since = self.front.loop.time()
         if self.exchange is not None and self.exchange.upstream is not None:
             self.exchange.upstream.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.full_since = 0.0
         if self.exchange is not None and self.exchange.upstream is not None:
             self.exchange.upstream.transport.resume_reading()
 
@@ -548,6 +552,14 @@ class Caller(asyncio.Protocol):
         if self.linger_until:
             if now >= self.linger_until:
                 self.transport.close()
+            return
+        if self.full_since and now - self.full_since >= self.front.keepalive_s:
+            # The caller stopped reading its answer: free the Looker connection and the team's
+            # slot it holds rather than wait for it forever.
+            log.info("caller_stalled", peer=self.peer)
+            if self.exchange is not None:
+                self.exchange.outcome = "caller_stalled"
+            self.transport.abort()
             return
         if self.exchange is not None:
             self.exchange.check(now)
@@ -749,6 +761,7 @@ class Exchange:
         "front",
         "head_sent",
         "out",
+        "outcome",
         "rejected",
         "request",
         "reused",
@@ -787,6 +800,8 @@ class Exchange:
         self.close_after = False
         self.waiting_body = False
         """A fast request waits for its (small) body before it is sent."""
+        self.outcome: str | None = None
+        """Why the exchange is ending, when the caller's connection is cut for a reason."""
         self.connecting: asyncio.Task[None] | None = None
         self.connect_started = 0.0
         self.connect_timed_out = False
@@ -1021,7 +1036,7 @@ class Exchange:
         if self.finished:
             return
         self._drop_upstream()
-        self._finish(keep_alive=False, outcome="caller_gone")
+        self._finish(keep_alive=False, outcome=self.outcome or "caller_gone")
 
     def _drop_upstream(self) -> None:
         """Close this exchange's backend connection: its state is unknown, never reuse it."""
