@@ -8,12 +8,14 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import structlog
 import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
@@ -285,3 +287,12 @@ async def raw_http(url: str, request: bytes, *, wait_s: float = 10) -> tuple[int
         writer.close()
     status = int(raw.split(b" ", 2)[1]) if raw.startswith(b"HTTP/1.") else 0
     return status, raw
+
+
+@contextmanager
+def access_lines() -> Iterator[list[dict[str, Any]]]:
+    """The access-log lines written meanwhile (``via`` says which path served each)."""
+    with structlog.testing.capture_logs() as events:
+        lines: list[dict[str, Any]] = []
+        yield lines
+    lines.extend(e for e in events if e.get("event") == "request")

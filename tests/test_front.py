@@ -5,14 +5,12 @@ connections are handled on that path too."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+import os
+from collections.abc import Awaitable, Callable
 
 import pytest
-import structlog
 from aiohttp import web
-from harness import Proxy, ProxyServer, assert_every_call_pinned
+from harness import Proxy, ProxyServer, access_lines, assert_every_call_pinned
 from pytest_aiohttp import AiohttpServer
 from reliability import raw_answers
 
@@ -21,15 +19,6 @@ from workspace_proxy.emulator import LookerEmulator
 pytestmark = pytest.mark.timeout(60)
 MakeProxy = Callable[..., Awaitable[Proxy]]
 USER = "/api/4.0/user"
-
-
-@contextmanager
-def access_lines() -> Iterator[list[dict[str, Any]]]:
-    """The access-log lines written meanwhile (``via`` says which path served each)."""
-    with structlog.testing.capture_logs() as events:
-        lines: list[dict[str, Any]] = []
-        yield lines
-    lines.extend(e for e in events if e.get("event") == "request")
 
 
 async def test_plain_calls_take_the_fast_path_once_the_session_is_pinned(
@@ -384,3 +373,27 @@ async def test_a_caller_that_stops_reading_frees_its_slot(
     assert statuses[0] == 429, "the stalled download holds the team's only slot"
     assert statuses[-1] == 200, "the stalled caller's slot was never freed"
     assert ("front", "caller_stalled") in [(x["via"], x["outcome"]) for x in lines]
+
+
+async def test_the_app_unreachable_is_a_502_with_an_access_line(
+    looker: LookerEmulator, proxy: Proxy
+) -> None:
+    """If the relay to the application fails, the caller gets a Looker-shaped 502 and the
+    access log still has the request (the app, which normally logs it, never saw it)."""
+    server = proxy.client.server
+    assert isinstance(server, ProxyServer)
+    assert server.site is not None
+    front = server.site.front
+    assert front is not None
+    socket_path = front.relay.backend.unix
+    assert socket_path is not None
+    os.unlink(socket_path)  # as if /tmp had been cleaned under the running proxy
+    front.relay.close()  # and no kept-alive connection to the app is left
+    with access_lines() as lines:
+        resp = await proxy.call("GET", USER, "not-a-proxy-token")
+        body = await resp.json()
+    assert resp.status == 502
+    assert set(body) == {"message", "documentation_url"}
+    assert resp.headers["X-Request-Id"] == lines[0]["request_id"]
+    assert [(x["via"], x["status"], x["outcome"]) for x in lines] == [("front", 502, "connect")]
+    assert looker.audit == []

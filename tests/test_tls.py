@@ -11,7 +11,14 @@ import aiohttp
 import pytest
 import trustme
 import yaml
-from harness import ENV, Proxy, ProxyProcess, assert_every_call_pinned, raw_config
+from harness import (
+    ENV,
+    Proxy,
+    ProxyProcess,
+    access_lines,
+    assert_every_call_pinned,
+    raw_config,
+)
 from pytest_aiohttp import AiohttpServer
 
 from workspace_proxy.config import parse_config
@@ -59,8 +66,11 @@ async def test_upstream_tls_verified_with_a_custom_ca(
         tls_looker, looker=_looker_section(tls_looker.base_url, ca_file=ca_file)
     )
     token = await proxy.login("analytics")
-    assert (await proxy.get_json("/api/4.0/session", token))["workspace_id"] == "dev"
-    assert assert_every_call_pinned(tls_looker) == 1
+    with access_lines() as lines:
+        for _ in range(2):  # the app pins and forwards the first, the front the second
+            assert (await proxy.get_json("/api/4.0/session", token))["workspace_id"] == "dev"
+    assert [x["via"] for x in lines] == ["app", "front"]
+    assert assert_every_call_pinned(tls_looker) == 2
 
 
 async def test_upstream_tls_unknown_ca_fails_closed_with_a_clear_reason(

@@ -762,6 +762,7 @@ class Exchange:
         "head_sent",
         "out",
         "outcome",
+        "own_rid",
         "rejected",
         "request",
         "reused",
@@ -800,6 +801,8 @@ class Exchange:
         self.close_after = False
         self.waiting_body = False
         """A fast request waits for its (small) body before it is sent."""
+        self.own_rid = ""
+        """The request id of an answer the front gives a relayed request itself."""
         self.outcome: str | None = None
         """Why the exchange is ending, when the caller's connection is cut for a reason."""
         self.connecting: asyncio.Task[None] | None = None
@@ -1102,7 +1105,11 @@ class Exchange:
             self._fail(504, kind="upstream_timeout")
 
     def _rid(self) -> str:
-        return self.fast.rid if self.fast is not None else request_id(None)
+        if self.fast is not None:
+            return self.fast.rid
+        if not self.own_rid:
+            self.own_rid = request_id(None)
+        return self.own_rid
 
     def _finish(self, *, keep_alive: bool, outcome: str | None = None) -> None:
         if self.finished:
@@ -1112,6 +1119,22 @@ class Exchange:
         if fast is not None:
             fast.release(self.front.state)
             fast.done(self.front.state, self, outcome)
+        elif self.own_rid:  # the front answered a relayed request itself (the app never did)
+            req = self.request
+            access_log(
+                request_id=self.own_rid,
+                team=None,
+                method=req.method.decode(),
+                route="-",
+                status=self.status,
+                bytes_in=req.body_bytes,
+                bytes_out=0,
+                duration_ms=round((time.perf_counter() - req.started) * 1000, 2),
+                session=None,
+                replayed=False,
+                outcome=outcome,
+                via="front",
+            )
         self.caller.exchange_done(keep_alive and not self.caller.closed)
 
 
