@@ -50,12 +50,20 @@ class Echo:
         self.app.router.add_post("/api/4.0/login", self.login)
         self.app.router.add_route("*", "/api/4.0/session", self.session)
         self.app.router.add_route("*", "/api/4.0/echo", self.echo)
+        self.app.router.add_get("/api/4.0/always_401", self.always_401)
         self.base_url = ""
+        self.logins = 0
+        self.rejected: list[str] = []
 
     async def login(self, _: web.Request) -> web.Response:
+        self.logins += 1
         return web.json_response(
             {"access_token": "up-1", "token_type": "Bearer", "expires_in": 600}
         )
+
+    async def always_401(self, request: web.Request) -> web.Response:
+        self.rejected.append(request.headers["Authorization"])
+        return web.json_response({"message": "Requires authentication."}, status=401)
 
     async def session(self, request: web.Request) -> web.Response:
         return web.json_response({"workspace_id": "dev"})
@@ -397,3 +405,24 @@ async def test_the_app_unreachable_is_a_502_with_an_access_line(
     assert resp.headers["X-Request-Id"] == lines[0]["request_id"]
     assert [(x["via"], x["status"], x["outcome"]) for x in lines] == [("front", 502, "connect")]
     assert looker.audit == []
+
+
+async def test_a_fresh_session_rejected_again_on_the_fast_path_is_a_503(
+    echo: Echo, make_proxy: MakeProxy
+) -> None:
+    """Looker answers 401 even to a freshly pinned session: the fast path re-pins once, replays
+    once, then answers 503 (as the app does) instead of looping."""
+    proxy = await make_proxy(echo)
+    token = await proxy.login("analytics")
+    resp = await proxy.call("GET", "/api/4.0/echo", token)  # pins (relayed)
+    assert resp.status == 200
+    await resp.read()
+    with access_lines() as lines:
+        resp = await proxy.call("GET", "/api/4.0/always_401", token)
+        body = await resp.json()
+    assert resp.status == 503
+    assert "rejected a freshly pinned session" in body["message"]
+    assert resp.headers["Retry-After"] == "5"
+    assert [(x["via"], x["outcome"], x["replayed"]) for x in lines] == [("front", "rejected", True)]
+    assert echo.logins == 2, "one re-pin, no loop"
+    assert len(echo.rejected) == 2, "sent once, replayed once"
