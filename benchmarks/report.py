@@ -375,6 +375,19 @@ COSTS = [
     "Looker, read Looker, write the caller) plus epoll, shown by py-spy as time on the write "
     "calls and inside the event loop. The remaining Python work is the caller-token check "
     "(cached), the route and header policy, the access-log line (one `json.dumps`) and metrics.",
+    "",
+    "A call the front relays to the application (login, `/session`, sudo, passthrough tokens, "
+    "`HEAD`, chunked or large bodies, cold sessions) costs about 205 us of CPU: measured with "
+    "wrk at 64 connections by adding a non-ASCII header value to the same call (8,300 req/s, "
+    "against 27,400 for the fast path in that run).",
+    "",
+    "The 1 GiB download: once the head of an answer of known length is through, the rest is "
+    "passed on without the parser, and the Looker socket wakes only when 128 KiB are waiting "
+    "(`SO_RCVLOWAT`). Before that, some downloads on this busy 2-core machine ran at 0.8 GB/s "
+    "with 1.3 s of CPU per GiB (many small reads); twelve download-only runs afterwards gave "
+    "1.34-1.71 GB/s at about 0.55 s per GiB. The 2,000-request burst opens one Looker "
+    "connection per request: Looker's address is looked up once per 10 s and connect timeouts "
+    "are checked by the sweeper rather than by a timer per connection.",
 ]
 
 SETUP = [
