@@ -1,7 +1,7 @@
 """Run every scenario against every variant; write results/latest.json and docs/benchmarks.md.
 
     python -m benchmarks.run            # 3 rounds, 5 s runs (several minutes)
-    python -m benchmarks.run --quick    # 1 round, 2 s runs (under a minute)
+    python -m benchmarks.run --quick    # 1 round, 2 s runs (under a minute), results/quick.json
 
 Variants: ``direct`` (the upstream itself), ``nginx`` (C reverse proxy), ``naive`` (plain aiohttp
 proxy) and ``workspace-proxy``. Scenarios: small JSON GET at 1 and 64 connections, a 1 GiB CSV
@@ -41,6 +41,7 @@ from benchmarks.system import (
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "latest.json"
 DEFAULT_DOCS = ROOT / "docs" / "benchmarks.md"
+QUICK_OUT = ROOT / "benchmarks" / "results" / "quick.json"
 GIB = 1024**3
 
 
@@ -292,8 +293,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--slow-s", type=float, default=1.0, help="upstream delay of the burst path")
     p.add_argument("--cold", type=int, default=1000, help="concurrent first requests")
     p.add_argument("--download-bytes", type=int, default=GIB)
-    p.add_argument("--out", default=str(DEFAULT_OUT), help="results JSON ('' to skip)")
-    p.add_argument("--docs", default=str(DEFAULT_DOCS), help="Markdown page ('' to skip)")
+    p.add_argument(
+        "--out",
+        help="results JSON ('' to skip; default results/latest.json, with --quick quick.json)",
+    )
+    p.add_argument(
+        "--docs",
+        help="Markdown page ('' to skip; default docs/benchmarks.md, none with --quick: a quick "
+        "run never replaces the published figures)",
+    )
     p.add_argument(
         "--wp-pythonpath",
         help="run workspace-proxy from this PYTHONPATH (e.g. an experimental copy)",
@@ -323,6 +331,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.out is None:
+        args.out = str(QUICK_OUT if args.quick else DEFAULT_OUT)
+    if args.docs is None:
+        args.docs = "" if args.quick else str(DEFAULT_DOCS)
     args.rounds = args.rounds or (1 if args.quick else 3)
     args.duration = args.duration or (2 if args.quick else 5)
     args.warmup_s = args.warmup_s or 1
