@@ -337,6 +337,7 @@ class Upstream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.reusable = False
+        self.parser = _NO_RESPONSES  # the parser refers back to us: let refcounting free both
         ex, self.exchange = self.exchange, None
         if ex is None:
             return
@@ -473,6 +474,14 @@ class Upstream(asyncio.Protocol):
             ex.response_done(self)
 
 
+class _Ignored:
+    """Callbacks of the parsers a closed connection is left with."""
+
+
+_NO_REQUESTS: Final = httptools.HttpRequestParser(_Ignored())
+_NO_RESPONSES: Final = httptools.HttpResponseParser(_Ignored())
+
+
 class Caller(asyncio.Protocol):
     """One caller connection: parses requests and runs them one after the other."""
 
@@ -514,6 +523,7 @@ class Caller(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.parser = _NO_REQUESTS  # the parser refers back to us: let refcounting free both
         self.front.connections.discard(self)
         if not self.front.connections:
             self.front.emptied.set()
