@@ -51,6 +51,8 @@ class Echo:
         self.app.router.add_route("*", "/api/4.0/session", self.session)
         self.app.router.add_route("*", "/api/4.0/echo", self.echo)
         self.app.router.add_get("/api/4.0/always_401", self.always_401)
+        self.app.router.add_route("*", "/api/4.0/hang_up", self.hang_up)
+        self.hung_up: list[str] = []
         self.base_url = ""
         self.logins = 0
         self.rejected: list[str] = []
@@ -60,6 +62,13 @@ class Echo:
         return web.json_response(
             {"access_token": "up-1", "token_type": "Bearer", "expires_in": 600}
         )
+
+    async def hang_up(self, request: web.Request) -> web.Response:
+        """Close the connection without answering (as a server closing an idle one does)."""
+        self.hung_up.append(request.method)
+        assert request.transport is not None
+        request.transport.close()
+        return web.Response()
 
     async def always_401(self, request: web.Request) -> web.Response:
         self.rejected.append(request.headers["Authorization"])
@@ -426,3 +435,22 @@ async def test_a_fresh_session_rejected_again_on_the_fast_path_is_a_503(
     assert [(x["via"], x["outcome"], x["replayed"]) for x in lines] == [("front", "rejected", True)]
     assert echo.logins == 2, "one re-pin, no loop"
     assert len(echo.rejected) == 2, "sent once, replayed once"
+
+
+@pytest.mark.parametrize(("method", "sent"), [("GET", 2), ("DELETE", 2), ("POST", 1), ("PATCH", 1)])
+async def test_only_idempotent_calls_are_resent_when_a_kept_alive_connection_dies(
+    echo: Echo, make_proxy: MakeProxy, method: str, sent: int
+) -> None:
+    """Looker drops a reused connection without answering: a GET or DELETE is sent once more on
+    a new connection; a POST or PATCH might have been acted on, so it is never sent twice."""
+    proxy = await make_proxy(echo)
+    token = await proxy.login("analytics")
+    for _ in range(2):  # pinned, then a kept-alive connection to Looker is in the pool
+        resp = await proxy.call("GET", "/api/4.0/echo", token)
+        assert resp.status == 200
+        await resp.read()
+    resp = await proxy.call(method, "/api/4.0/hang_up", token)
+    body = await resp.json()
+    assert resp.status == 502
+    assert set(body) == {"message", "documentation_url"}
+    assert echo.hung_up == [method] * sent

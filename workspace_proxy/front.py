@@ -50,8 +50,12 @@ log = structlog.get_logger("workspace_proxy.front")
 
 KEEPALIVE_S: Final = 75.0
 """Idle caller connections (and callers that never finish their headers) are closed after this."""
-_MAX_IDLE_UPSTREAM: Final = 256
-"""Idle keep-alive connections kept per backend."""
+_IDLE_UPSTREAM_S: Final = 15.0
+"""Idle keep-alive connections to a backend are closed after this (aiohttp's client default),
+well before servers usually close them: reusing one the server is closing loses the request."""
+_IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
+"""Methods sent once more on a new connection when a kept-alive one died before answering
+(RFC 9110 9.2.2); anything else might have been acted on, so its caller gets the 502."""
 _RELAY_BACKLOG: Final = 4096
 """A Unix listener refuses (rather than queues) connections beyond its backlog: a cold start
 relays every first request at once."""
@@ -204,6 +208,8 @@ class Front:
         now = self.loop.time()
         for conn in list(self.connections):
             conn.check(now)
+        for pool in (self.relay, *self._pools.values()):
+            pool.prune(now)
         self.state.metrics.publish()
         config = self.state.view.config
         shortest = min(
@@ -237,7 +243,8 @@ class Pool:
     def __init__(self, front: Front, backend: Backend) -> None:
         self.front = front
         self.backend = backend
-        self.idle: list[Upstream] = []
+        self.idle: deque[Upstream] = deque()
+        """Oldest first; the most recently used is taken first (its socket is warm)."""
         self._resolved: tuple[float, str] | None = None
         self._resolving: asyncio.Task[str] | None = None
 
@@ -288,10 +295,22 @@ class Pool:
         return address
 
     def give_back(self, conn: Upstream) -> None:
-        if conn.reusable and not self.front.closing and len(self.idle) < _MAX_IDLE_UPSTREAM:
+        """Keep a finished connection for the next request: at most ``Config.pool_size`` (the
+        most connections all teams can use at once) and for at most ``_IDLE_UPSTREAM_S``."""
+        front = self.front
+        if (
+            conn.reusable
+            and not front.closing
+            and len(self.idle) < front.state.view.config.pool_size
+        ):
+            conn.idle_since = front.loop.time()
             self.idle.append(conn)
         else:
             conn.transport.close()
+
+    def prune(self, now: float) -> None:
+        while self.idle and now - self.idle[0].idle_since >= _IDLE_UPSTREAM_S:
+            self.idle.popleft().transport.close()
 
     def close(self) -> None:
         for conn in self.idle:
@@ -326,6 +345,7 @@ class Upstream(asyncio.Protocol):
         """The answer to a HEAD request: it has no body, whatever its Content-Length says."""
         self.sock: socket.socket | None = None
         self.lowat = 1
+        self.idle_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -1020,9 +1040,16 @@ class Exchange:
             conn.exchange = None
         if self.finished:
             return
-        if not self.head_sent and self.reused and self.attempts < 2 and self.request.complete:
+        req = self.request
+        if (
+            not self.head_sent
+            and self.reused
+            and self.attempts < 2
+            and req.complete
+            and req.method in _IDEMPOTENT
+        ):
             # A kept-alive connection the backend had closed: nothing was answered; once more on
-            # a new connection (as any HTTP client does).
+            # a new connection.
             self.streaming = False
             self._start_connect(conn.pool if conn else self.front.relay)
             return
