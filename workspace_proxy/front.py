@@ -1,15 +1,16 @@
-"""The front: the listening socket, the HTTP/1.1 parser and the fast forwarding path.
+"""The front: the listening socket, the HTTP/1.1 parser (llhttp, through httptools) and the
+exchanges that carry each caller request to a backend and its answer back.
 
-Every caller connection is parsed here (llhttp, through httptools). The common request — an
-authenticated call of a managed team whose pinned session is ready, with no body or a small one —
-is forwarded to Looker straight from here, on raw asyncio protocols and a pool of keep-alive
-connections: no per-request framework objects, no task unless a connection must be opened. Every
-other request (login, logout, /session, sudo, passthrough, branch switches, large or chunked
-bodies, anything unusual or wrong) is relayed unchanged to the aiohttp application behind it,
-over a private Unix socket; that application remains the one implementation of those rules and of
-session replacement. The fast path takes no decision of its own: it calls the same pure functions
-(``routes.classify``, ``headers``, ``CallerAuth.verify``) and, when Looker answers 401, hands the
-request to the application, which re-pins and replays it.
+The common request — an authenticated call of a managed team whose pinned session is ready,
+with no body or a small one — is forwarded to Looker straight from here (``fast.plan`` decides),
+on raw asyncio protocols over pooled keep-alive connections (``upstream``): no per-request
+framework objects, no task unless a connection must be opened. Every other request (login,
+logout, /session, sudo, passthrough, branch switches, HEAD, large or chunked bodies, cold
+sessions) is relayed unchanged to the aiohttp application behind it over a private Unix socket;
+that application remains the one implementation of those rules and of pinning. The fast path
+takes no decision of its own: it calls the same route policy, header rules and token check, and
+when Looker answers 401 it re-pins through the same session manager and replays once, as the
+application does. One sweeper per listener enforces every timeout.
 
 :class:`FrontSite` plugs this into an aiohttp ``AppRunner`` in place of ``TCPSite``.
 """
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import shutil
 import socket
@@ -26,33 +26,25 @@ import ssl
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Final
-from urllib.parse import urlsplit
 
 import httptools
 import structlog
 from aiohttp import web
 
+from workspace_proxy import headers
 from workspace_proxy.app import request_id
-from workspace_proxy.auth import bearer_value, is_proxy_token
-from workspace_proxy.config import Config
-from workspace_proxy.errors import BadRequest, ProxyError, SessionUnavailable, Unauthenticated
-from workspace_proxy.headers import PEER_HEADER, dropped_upstream, hop_by_hop
+from workspace_proxy.errors import BadRequest, ProxyError, SessionUnavailable
+from workspace_proxy.fast import Fast, Request, plan
+from workspace_proxy.headers import PEER_HEADER
 from workspace_proxy.log import access as access_log
-from workspace_proxy.looker import auth_header
-from workspace_proxy.proxy import STATE, ProxyState, View, error_json
-from workspace_proxy.routes import Action, Route, classify
-from workspace_proxy.tokens import PinnedSession, SessionProvider
+from workspace_proxy.proxy import STATE, ProxyState, error_json
+from workspace_proxy.upstream import Backend, Pool, Upstream, parser_reason
 
 log = structlog.get_logger("workspace_proxy.front")
 
 KEEPALIVE_S: Final = 75.0
 """Idle caller connections (and callers that never finish their headers) are closed after this."""
-_IDLE_UPSTREAM_S: Final = 15.0
-"""Idle keep-alive connections to a backend are closed after this (aiohttp's client default),
-well before servers usually close them: reusing one the server is closing loses the request."""
 _IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
 """Methods sent once more on a new connection when a kept-alive one died before answering
 (RFC 9110 9.2.2); anything else might have been acted on, so its caller gets the 502."""
@@ -61,127 +53,11 @@ _RELAY_BACKLOG: Final = 4096
 relays every first request at once."""
 _LINGER_S: Final = 2.0
 """How long the rest of an early-answered body is read and discarded before closing."""
-_DNS_TTL_S: Final = 10.0
-"""How long Looker's looked-up address is used for new connections (aiohttp's default too)."""
-_BIG_READ: Final = 128 * 1024
-"""While a large body streams from a backend, wake up for no less than this much."""
 _QUEUE_BYTES: Final = 256 * 1024
 """Pipelined request bytes held per caller connection before reading from it pauses."""
-_NO_BODY_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS"})
-"""Methods sent without Content-Length when they carry no body (as aiohttp's client does)."""
 _CRLF: Final = b"\r\n"
 _NONE: Final[frozenset[bytes]] = frozenset()
 _LAST_CHUNK: Final = b"0\r\n\r\n"
-
-
-# What the front needs to know about a header, by its raw name (cached: names repeat).
-_OTHER, _HOST, _LENGTH, _TE, _EXPECT, _AUTH, _RID, _CONNECTION, _HOP = range(9)
-_KINDS: Final = {
-    b"host": _HOST,
-    b"content-length": _LENGTH,
-    b"transfer-encoding": _TE,
-    b"expect": _EXPECT,
-    b"authorization": _AUTH,
-    b"x-request-id": _RID,
-    b"connection": _CONNECTION,
-}
-
-
-@functools.lru_cache(maxsize=4096)
-def _kind(name: bytes) -> int:
-    lower = name.lower()
-    kind = _KINDS.get(lower, _OTHER)
-    return _HOP if kind == _OTHER and hop_by_hop(lower) else kind
-
-
-@functools.lru_cache(maxsize=4096)
-def _route(method: str, raw_path: str, versions: tuple[str, ...]) -> Route:
-    return classify(method, raw_path, versions)
-
-
-@dataclass(frozen=True, slots=True)
-class Backend:
-    """Where a pool connects: Looker (TCP, maybe TLS) or the application (Unix socket)."""
-
-    host: str
-    port: int
-    unix: str | None = None
-    ssl: ssl.SSLContext | None = None
-    host_header: bytes = b""
-    base_path: str = ""
-    connect_s: float | None = None
-    read_s: float | None = None
-
-    @classmethod
-    def looker(cls, config: Config) -> Backend:
-        url = urlsplit(config.looker.base_url)
-        tls = url.scheme == "https"
-        context = config.looker.ssl_context()
-        port = url.port or (443 if tls else 80)
-        default = (tls and port == 443) or (not tls and port == 80)
-        host = url.hostname or ""
-        shown = f"[{host}]" if ":" in host else host
-        timeouts = config.looker.timeouts
-        return cls(
-            host=host,
-            port=port,
-            ssl=(context if isinstance(context, ssl.SSLContext) else ssl.create_default_context())
-            if tls
-            else None,
-            host_header=(shown if default else f"{shown}:{port}").encode("idna"),
-            base_path=url.path.rstrip("/"),
-            connect_s=timeouts.connect_s,
-            read_s=timeouts.read_s,
-        )
-
-
-class Request:
-    """One request as parsed from the caller."""
-
-    __slots__ = (
-        "ascii",
-        "auth",
-        "auths",
-        "body",
-        "body_bytes",
-        "chunked",
-        "complete",
-        "connection",
-        "expect",
-        "headers",
-        "host",
-        "hosts",
-        "keep_alive",
-        "length",
-        "method",
-        "rid",
-        "started",
-        "target",
-        "version",
-    )
-
-    def __init__(self) -> None:
-        self.method = b""
-        self.target = b""
-        self.version = "1.1"
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.keep_alive = True
-        self.length: int | None = None
-        self.chunked = False
-        self.body: list[bytes] = []
-        self.body_bytes = 0
-        self.complete = False
-        self.started = 0.0
-        self.expect = False
-        self.host = b""
-        self.hosts = 0
-        self.auth = b""
-        self.auths = 0
-        self.rid: bytes | None = None
-        self.connection = False
-        """It names headers in a Connection header (they are hop-by-hop too)."""
-        self.ascii = True
-        """Every header value is ASCII."""
 
 
 class Front:
@@ -237,269 +113,11 @@ class Front:
             pool.close()
 
 
-class Pool:
-    """Keep-alive connections to one backend; a connection carries one exchange at a time."""
-
-    def __init__(self, front: Front, backend: Backend) -> None:
-        self.front = front
-        self.backend = backend
-        self.idle: deque[Upstream] = deque()
-        """Oldest first; the most recently used is taken first (its socket is warm)."""
-        self._resolved: tuple[float, str] | None = None
-        self._resolving: asyncio.Task[str] | None = None
-
-    def take(self) -> Upstream | None:
-        while self.idle:
-            conn = self.idle.pop()
-            if not conn.transport.is_closing():
-                return conn
-        return None
-
-    async def connect(self) -> Upstream:
-        """A new connection (its timeout, ``connect_s``, is enforced by the sweeper)."""
-        b, loop = self.backend, self.front.loop
-        if b.unix is not None:
-            _, conn = await loop.create_unix_connection(lambda: Upstream(self), b.unix)
-            return conn
-        address = await self._address()
-        try:
-            _, conn = await loop.create_connection(
-                lambda: Upstream(self),
-                address,
-                b.port,
-                ssl=b.ssl,
-                server_hostname=b.host if b.ssl else None,
-            )
-        except OSError:
-            self._resolved = None  # Looker may have moved: look it up again next time
-            raise
-        return conn
-
-    async def _address(self) -> str:
-        """Looker's address, looked up at most every ``_DNS_TTL_S`` and once for any number of
-        connections opened together (a burst would otherwise send as many DNS queries)."""
-        resolved = self._resolved
-        if resolved is not None and resolved[0] > self.front.loop.time():
-            return resolved[1]
-        if self._resolving is None or self._resolving.done():
-            self._resolving = self.front.loop.create_task(self._resolve())
-        return await asyncio.shield(self._resolving)
-
-    async def _resolve(self) -> str:
-        loop = self.front.loop
-        found = await loop.getaddrinfo(
-            self.backend.host, self.backend.port, type=socket.SOCK_STREAM
-        )
-        address = str(found[0][4][0])
-        self._resolved = (loop.time() + _DNS_TTL_S, address)
-        return address
-
-    def give_back(self, conn: Upstream) -> None:
-        """Keep a finished connection for the next request: at most ``Config.pool_size`` (the
-        most connections all teams can use at once) and for at most ``_IDLE_UPSTREAM_S``."""
-        front = self.front
-        if (
-            conn.reusable
-            and not front.closing
-            and len(self.idle) < front.state.view.config.pool_size
-        ):
-            conn.idle_since = front.loop.time()
-            self.idle.append(conn)
-        else:
-            conn.transport.close()
-
-    def prune(self, now: float) -> None:
-        while self.idle and now - self.idle[0].idle_since >= _IDLE_UPSTREAM_S:
-            self.idle.popleft().transport.close()
-
-    def close(self) -> None:
-        for conn in self.idle:
-            conn.transport.close()
-        self.idle.clear()
-
-
-class Upstream(asyncio.Protocol):
-    """One connection to a backend; parses its responses."""
-
-    def __init__(self, pool: Pool) -> None:
-        self.pool = pool
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.parser = httptools.HttpResponseParser(self)
-        self.exchange: Exchange | None = None
-        self.reusable = True
-        self.used = False
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.until_close = False
-        """The answer has no length and is not chunked: it ends when the connection does."""
-        self.framed = False
-        self.chunked = False
-        self.length: bytes | None = None
-        self.connection: list[bytes] = []
-        self.received = 0
-        """Body bytes of the current answer seen by the parser."""
-        self.remaining = 0
-        """Body bytes still to come of an answer of known length, passed on without the parser
-        (the bulk of a large download: no copy, no callback per chunk)."""
-        self.bodyless = False
-        """The answer to a HEAD request: it has no body, whatever its Content-Length says."""
-        self.sock: socket.socket | None = None
-        self.lowat = 1
-        self.idle_since = 0.0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        # asyncio and uvloop set TCP_NODELAY on TCP sockets themselves.
-        sock = transport.get_extra_info("socket")
-        tls = transport.get_extra_info("sslcontext") is not None
-        if sock is not None and sock.family != socket.AF_UNIX and not tls:
-            self.sock = sock  # (TLS records make byte counts on the socket meaningless)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.reusable = False
-        self.parser = _NO_RESPONSES  # the parser refers back to us: let refcounting free both
-        ex, self.exchange = self.exchange, None
-        if ex is None:
-            return
-        if self.until_close and exc is None:
-            ex.response_done(self)
-        else:
-            ex.upstream = self
-            ex.upstream_lost()
-
-    def data_received(self, data: bytes) -> None:
-        ex = self.exchange
-        if ex is None:  # bytes nobody asked for: this connection cannot be trusted any more
-            self.reusable = False
-            self.transport.close()
-            return
-        ex.upstream_seen = ex.front.loop.time()
-        if self.remaining:
-            self._pass_body(ex, data)
-            return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            if isinstance(exc, httptools.HttpParserCallbackError):
-                log.error("front_failed", exc_info=exc.__context__)
-            else:
-                log.warning("upstream_garbage", error=_parser_reason(exc))
-            self.reusable = False
-            self.transport.close()
-            if self.exchange is not None:
-                self.exchange.upstream_lost()
-            return
-        ex = self.exchange
-        if ex is None:
-            return
-        if ex.head_sent and (self.bodyless or (self.length is not None and not self.chunked)):
-            # The head is through and the rest is a known number of bytes (or none): the parser
-            # is done with this answer. A fresh one reads the next answer on this connection.
-            self.parser = httptools.HttpResponseParser(self)
-            self.remaining = 0 if self.bodyless else int(self.length or 0) - self.received
-            if not self.remaining:
-                self._complete(ex)
-                return
-            self._low_water()
-        ex.flush()
-
-    def _pass_body(self, ex: Exchange, data: bytes) -> None:
-        if len(data) > self.remaining:  # more than the answer announced: not to be trusted
-            log.warning("upstream_garbage", error="bytes after the announced body")
-            self.reusable = False
-            data = data[: self.remaining]
-        self.remaining -= len(data)
-        ex.response_body(data)
-        if self.remaining:
-            if self.remaining < self.lowat:
-                self._low_water()
-            ex.flush()
-        else:
-            self._low_water()
-            self._complete(ex)
-            if not self.reusable:
-                self.transport.close()
-
-    def _low_water(self) -> None:
-        """Wake for a large body only once a big chunk is waiting (SO_RCVLOWAT): when the
-        machine is busy, reading whatever little has arrived makes many small chunks, each
-        costing a read, a write and a callback, which made a busy download slower still."""
-        want = min(self.remaining, _BIG_READ) or 1
-        if want != self.lowat and self.sock is not None:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
-            self.lowat = want
-
-    def _complete(self, ex: Exchange) -> None:
-        self.exchange = None
-        ex.response_done(self)
-
-    def pause_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.caller.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.exchange is not None:
-            self.exchange.caller.resume_reading()
-
-    # httptools callbacks
-    def on_message_begin(self) -> None:
-        self.reason = b""
-        self.headers = []
-        self.until_close = False
-        self.framed = False
-        self.chunked = False
-        self.length = None
-        self.connection = []
-        self.received = 0
-        self.bodyless = False
-
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        kind = _kind(name)
-        if kind == _LENGTH:
-            self.framed = True
-            self.length = value
-        elif kind == _TE:
-            self.framed = self.chunked = True
-            return
-        elif kind == _HOP:
-            return
-        elif kind == _CONNECTION:
-            self.connection.append(value)  # hop-by-hop, and so is every header it names
-            return
-        self.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
-        if not self.parser.should_keep_alive():
-            self.reusable = False
-        ex = self.exchange
-        self.bodyless = status in (204, 304) or (ex is not None and ex.request.method == b"HEAD")
-        self.until_close = status >= 200 and not self.bodyless and not self.framed
-        if ex is not None and status >= 200:
-            ex.response_head(status, self)
-
-    def on_body(self, body: bytes) -> None:
-        self.received += len(body)
-        if self.exchange is not None:
-            self.exchange.response_body(body)
-
-    def on_message_complete(self) -> None:
-        if self.parser.get_status_code() < 200:
-            return  # an interim answer (100 Continue): the real one follows
-        ex, self.exchange = self.exchange, None
-        if ex is not None:
-            ex.response_done(self)
-
-
 class _Ignored:
-    """Callbacks of the parsers a closed connection is left with."""
+    """Callbacks of the parser a closed caller connection is left with."""
 
 
-_NO_REQUESTS: Final = httptools.HttpRequestParser(_Ignored())
-_NO_RESPONSES: Final = httptools.HttpResponseParser(_Ignored())
+NO_REQUESTS: Final = httptools.HttpRequestParser(_Ignored())
 
 
 class Caller(asyncio.Protocol):
@@ -515,7 +133,6 @@ class Caller(asyncio.Protocol):
         self.queue: deque[Request] = deque()
         """Parsed (or being parsed) requests waiting for their turn, oldest first."""
         self.exchange: Exchange | None = None
-        self.header_bytes = 0
         self.paused = False
         self.closed = False
         self.idle_since = front.loop.time()
@@ -543,7 +160,7 @@ class Caller(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.parser = _NO_REQUESTS  # the parser refers back to us: let refcounting free both
+        self.parser = NO_REQUESTS  # the parser refers back to us: let refcounting free both
         self.front.connections.discard(self)
         if not self.front.connections:
             self.front.emptied.set()
@@ -616,14 +233,13 @@ class Caller(asyncio.Protocol):
                 cause = ProxyError()  # 500, "Internal proxy error."
             self.refuse(cause)
         except httptools.HttpParserError as exc:
-            self.refuse(BadRequest(f"Malformed HTTP request: {_parser_reason(exc)}.", close=True))
+            self.refuse(BadRequest(f"Malformed HTTP request: {parser_reason(exc)}.", close=True))
         if self.exchange is not None:
             self.exchange.flush_request()
 
     # --- httptools callbacks ----------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.request = Request()
-        self.header_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         req = self.request
@@ -640,23 +256,23 @@ class Caller(asyncio.Protocol):
         req.headers.append((name, value))
         if len(req.headers) > self.max_headers:
             raise BadRequest("Too many request header fields.", status=431, close=True)
-        kind = _kind(name)
+        kind = headers.kind(name)
         if kind:
-            if kind == _HOST:
+            if kind == headers.HOST:
                 req.hosts += 1
                 req.host = value
-            elif kind == _LENGTH:
+            elif kind == headers.LENGTH:
                 req.length = int(value)  # llhttp has checked it
-            elif kind == _TE:
+            elif kind == headers.TE:
                 req.chunked = True
-            elif kind == _EXPECT:
+            elif kind == headers.EXPECT:
                 req.expect = value.lower() == b"100-continue"
-            elif kind == _AUTH:
+            elif kind == headers.AUTH:
                 req.auths += 1
                 req.auth = value
-            elif kind == _RID:
+            elif kind == headers.RID:
                 req.rid = value
-            elif kind == _CONNECTION:
+            elif kind == headers.CONNECTION:
                 req.connection = True
         if not value.isascii():
             req.ascii = False
@@ -951,11 +567,11 @@ class Exchange:
             return
         req = self.request
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, up.reason)]
-        named = _named(up.connection) if up.connection else _NONE
+        named = headers.named_in_connection(up.connection) if up.connection else _NONE
         for name, value in up.headers:
             if named and name.lower().replace(b"_", b"-") in named:
                 continue
-            if fast is not None and _kind(name) == _RID:
+            if fast is not None and headers.kind(name) == headers.RID:
                 continue
             lines += (name, b": ", value, _CRLF)
         length = up.length
@@ -1155,7 +771,7 @@ class Exchange:
         fast = self.fast
         if fast is not None:
             fast.release(self.front.state)
-            fast.done(self.front.state, self, outcome)
+            fast.done(self.front.state, self.request, self.status, self.bytes_out, outcome)
         elif self.own_rid:  # the front answered a relayed request itself (the app never did)
             req = self.request
             access_log(
@@ -1173,187 +789,6 @@ class Exchange:
                 via="front",
             )
         self.caller.exchange_done(keep_alive and not self.caller.closed)
-
-
-class Fast:
-    """A request the front forwards itself: who it is for and under which session."""
-
-    __slots__ = (
-        "backend",
-        "peer",
-        "provider",
-        "replayed",
-        "rid",
-        "route",
-        "scheme",
-        "session",
-        "slot",
-        "team",
-    )
-
-    def __init__(
-        self,
-        backend: Backend,
-        route: Route,
-        provider: SessionProvider,
-        session: PinnedSession,
-        team: str,
-        rid: str,
-        peer: str,
-        scheme: str,
-    ) -> None:
-        self.backend = backend
-        self.route = route
-        self.provider = provider
-        self.session = session
-        self.replayed = False
-        self.team = team
-        self.rid = rid
-        self.peer = peer
-        self.scheme = scheme
-        self.slot = False
-
-    def take_slot(self, state: ProxyState) -> bool:
-        """One of the team's concurrency slots, or False (the app then answers 429)."""
-        view = state.view
-        team = view.config.teams.get(self.team)
-        busy = state.in_flight.get(self.team, 0)
-        if team is None or busy >= team.max_concurrency:
-            return False
-        state.in_flight[self.team] = busy + 1
-        self.slot = True
-        return True
-
-    def release(self, state: ProxyState) -> None:
-        if self.slot:
-            self.slot = False
-            state.in_flight[self.team] -= 1
-
-    def head(self, req: Request) -> bytes:
-        """The request line and headers for Looker: the caller's headers minus everything
-        ``headers.upstream_headers`` drops, plus the pinned session and X-Forwarded-*."""
-        target = req.target
-        query = target.find(b"?")
-        path = self.backend.base_path + self.route.path
-        lines = [
-            req.method,
-            b" ",
-            path.encode() if query < 0 else path.encode() + target[query:],
-            b" HTTP/1.1\r\nHost: ",
-            self.backend.host_header,
-            _CRLF,
-        ]
-        named = (
-            _named(v for n, v in req.headers if _kind(n) == _CONNECTION)
-            if req.connection
-            else _NONE
-        )
-        for name, value in req.headers:
-            if not dropped_upstream(name, named):
-                lines += (name, b": ", value, _CRLF)
-        lines += (b"Authorization: ", auth_header(self.session.token).encode(), _CRLF)
-        if req.body_bytes or req.method not in _NO_BODY_METHODS:
-            lines += (b"Content-Length: %d\r\n" % req.body_bytes,)
-        if self.peer:
-            lines += (b"X-Forwarded-For: ", self.peer.encode(), _CRLF)
-        lines += (b"X-Forwarded-Proto: ", self.scheme.encode(), _CRLF)
-        if req.host:
-            lines += (b"X-Forwarded-Host: ", req.host, _CRLF)
-        lines.append(_CRLF)
-        return b"".join(lines)
-
-    def answered(self, state: ProxyState, seconds: float) -> None:
-        state.metrics.upstream_answered(self.team, seconds)
-
-    def done(self, state: ProxyState, ex: Exchange, outcome: str | None) -> None:
-        status = ex.status or 502
-        state.metrics.request_done(self.team, self.route.name, status)
-        s = self.session
-        access_log(
-            request_id=self.rid,
-            team=self.team,
-            method=ex.request.method.decode(),
-            route=self.route.name,
-            status=status,
-            bytes_in=ex.request.body_bytes,
-            bytes_out=ex.bytes_out,
-            duration_ms=round((time.perf_counter() - ex.request.started) * 1000, 2),
-            session=f"{s.generation}:{s.fingerprint}",
-            replayed=self.replayed,
-            outcome=outcome,
-            via="front",
-        )
-
-
-def plan(state: ProxyState, req: Request, peer: str, scheme: str) -> Fast | None:
-    """The fast path for this request, or None to relay it to the application.
-
-    Only the plain case qualifies: HTTP/1.1, an origin-form ASCII target, ASCII header values, no
-    Expect, a Content-Length body within the replay buffer (or none), exactly one Authorization
-    header carrying a valid proxy token of a managed team (no sudo), a route that is simply
-    forwarded and a pinned session ready now. Anything else is the application's to decide."""
-    view: View = state.view
-    limits = view.config.limits
-    if (
-        req.version != "1.1"
-        or req.chunked
-        or req.expect
-        or (req.length or 0) > limits.replay_buffer_bytes
-        or req.method == b"HEAD"
-        or req.auths != 1
-        or not req.ascii
-        or not req.target.startswith(b"/")
-        or not req.target.isascii()
-    ):
-        return None
-    credential = req.auth.decode()
-    token = bearer_value(credential)
-    if token is None or not is_proxy_token(token):
-        return None
-    try:
-        principal = view.auth.verify(credential)
-    except Unauthenticated:
-        return None
-    if principal.sudo is not None:
-        return None
-    provider: SessionProvider | None = view.sessions.get(principal.team)
-    if provider is None:
-        return None
-    target = req.target.decode()
-    raw_path = target.split("?", 1)[0]
-    route = _route(req.method.decode(), raw_path, view.config.looker.api_versions)
-    if route.action is not Action.FORWARD:
-        return None
-    session = provider.ready()
-    if session is None:
-        return None
-    return Fast(
-        _looker_backend(view.config),
-        route,
-        provider,
-        session,
-        principal.team,
-        request_id(req.rid.decode() if req.rid is not None else None),
-        peer,
-        scheme,
-    )
-
-
-_BACKEND: list[tuple[Config, Backend]] = []
-"""The last config's Looker backend (the config is held, so identity cannot be reused)."""
-
-
-def _looker_backend(config: Config) -> Backend:
-    if not _BACKEND or _BACKEND[0][0] is not config:
-        _BACKEND[:] = [(config, Backend.looker(config))]
-    return _BACKEND[0][1]
-
-
-def _named(values: Iterable[bytes]) -> frozenset[bytes]:
-    """The header names listed in Connection header values, canonical (lower, ``_`` as ``-``)."""
-    named = {t.strip().lower().replace(b"_", b"-") for v in values for t in v.split(b",")}
-    named.discard(b"")
-    return frozenset(named)
 
 
 def _relay_head(req: Request, peer: str, scheme: str) -> bytes:
@@ -1409,11 +844,6 @@ def _reason(status: int) -> bytes:
         return HTTPStatus(status).phrase.encode()
     except ValueError:
         return b""
-
-
-def _parser_reason(exc: Exception) -> str:
-    text = str(exc) or exc.__class__.__name__
-    return "".join(c for c in text if c.isprintable())[:120]
 
 
 class FrontSite(web.BaseSite):

@@ -140,3 +140,31 @@ def downstream_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
         for k, v in incoming.items()
         if not _hop_by_hop(k) and not (named and canonical(k) in named)
     )
+
+
+# What the front needs to know about a header, by its raw name (cached: names repeat).
+OTHER, HOST, LENGTH, TE, EXPECT, AUTH, RID, CONNECTION, HOP = range(9)
+_KINDS: Final = {
+    b"host": HOST,
+    b"content-length": LENGTH,
+    b"transfer-encoding": TE,
+    b"expect": EXPECT,
+    b"authorization": AUTH,
+    b"x-request-id": RID,
+    b"connection": CONNECTION,
+}
+
+
+@functools.lru_cache(maxsize=4096)
+def kind(name: bytes) -> int:
+    """Which of the kinds above a raw header name is (``HOP``: any other hop-by-hop one)."""
+    lower = name.lower()
+    found = _KINDS.get(lower, OTHER)
+    return HOP if found == OTHER and hop_by_hop(lower) else found
+
+
+def named_in_connection(values: Iterable[bytes]) -> frozenset[bytes]:
+    """The header names listed in Connection header values, canonical (lower, ``_`` as ``-``)."""
+    named = {t.strip().lower().replace(b"_", b"-") for v in values for t in v.split(b",")}
+    named.discard(b"")
+    return frozenset(named)
