@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import tempfile
 from pathlib import Path
 
 import aiohttp
@@ -112,3 +113,31 @@ async def test_workers_exit_when_the_supervisor_is_killed(
     assert len(stopped) == 2
     with socket.socket() as s:
         s.bind(("127.0.0.1", proc.port))  # nobody listens there any more
+
+
+def _ours() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("workspace-proxy-*"))
+
+
+def _fronts(runtime: Path) -> list[tuple[bool, int]]:
+    """(holds the app's socket, permissions) of each front directory in ``runtime``."""
+    found = runtime.glob("workspace-proxy-front-*")
+    return [((f / "app.sock").is_socket(), f.stat().st_mode & 0o777) for f in found]
+
+
+async def test_worker_sockets_live_in_the_supervisors_runtime_dir(
+    looker: LookerEmulator, tmp_path: Path
+) -> None:
+    """Each worker's private socket directory (front to app) is made inside the supervisor's
+    runtime directory, which the supervisor removes at exit: nothing is left in /tmp."""
+    before = _ours()
+    proc = await ProxyProcess.start(raw_config(looker.base_url), tmp_path, "--workers", "2")
+    try:
+        await proc.wait_for_event("listening", count=2)
+        made = _ours() - before
+        assert len(made) == 1, made  # the supervisor's runtime directory only
+        assert _fronts(made.pop()) == [(True, 0o700), (True, 0o700)]
+        assert await proc.stop() == 0
+    finally:
+        await proc.kill()
+    assert _ours() == before

@@ -279,6 +279,7 @@ async def serve(
             backlog=BACKLOG,
             shutdown_timeout=config.shutdown.grace_s,
             keepalive_s=KEEPALIVE_S,
+            runtime_dir=os.path.dirname(broker) if broker else None,
         ).start()
         if client is None:
             await web.TCPSite(

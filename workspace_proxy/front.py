@@ -862,7 +862,10 @@ class FrontSite(web.BaseSite):
         reuse_port: bool = False,
         shutdown_timeout: float = 60.0,
         keepalive_s: float = KEEPALIVE_S,
+        runtime_dir: str | None = None,
     ) -> None:
+        """``runtime_dir``: where the private directory of the app's socket is made (a worker's
+        supervisor removes its own at exit, even if the worker was killed); default: /tmp."""
         super().__init__(runner, ssl_context=ssl_context, backlog=backlog)
         self._host = host
         self._port = port
@@ -870,6 +873,7 @@ class FrontSite(web.BaseSite):
         self._reuse_port = reuse_port
         self._grace = shutdown_timeout
         self._keepalive_s = keepalive_s
+        self._runtime_dir = runtime_dir
         self._dir = ""
         self._relay_server: asyncio.AbstractServer | None = None
         self.front: Front | None = None
@@ -893,7 +897,7 @@ class FrontSite(web.BaseSite):
         app = getattr(self._runner, "app", None)
         assert isinstance(app, web.Application)
         app[STATE].relayed = True
-        self._dir = tempfile.mkdtemp(prefix="workspace-proxy-")
+        self._dir = tempfile.mkdtemp(prefix="workspace-proxy-front-", dir=self._runtime_dir)
         os.chmod(self._dir, 0o700)
         path = os.path.join(self._dir, "app.sock")
         self._relay_server = await loop.create_unix_server(server, path, backlog=_RELAY_BACKLOG)
