@@ -121,19 +121,14 @@ class Fast:
 
     def take_slot(self, state: ProxyState) -> bool:
         """One of the team's concurrency slots, or False (the app then answers 429)."""
-        view = state.view
-        team = view.config.teams.get(self.team)
-        busy = state.in_flight.get(self.team, 0)
-        if team is None or busy >= team.max_concurrency:
-            return False
-        state.in_flight[self.team] = busy + 1
-        self.slot = True
-        return True
+        team = state.view.config.teams.get(self.team)
+        self.slot = team is not None and state.take_slot(team)
+        return self.slot
 
     def release(self, state: ProxyState) -> None:
         if self.slot:
             self.slot = False
-            state.in_flight[self.team] -= 1
+            state.release_slot(self.team)
 
     def head(self, req: Request) -> bytes:
         """The request line and headers for Looker: the caller's headers minus everything

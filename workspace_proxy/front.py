@@ -26,6 +26,7 @@ import ssl
 import tempfile
 import time
 from collections import deque
+from http import HTTPStatus
 from typing import Final
 
 import httptools
@@ -373,20 +374,7 @@ class Caller(asyncio.Protocol):
         self.transport.write(_head(status, b"", headers, len(body), rid, close=True) + body)
         self.transport.close()
         self.queue.clear()
-        access_log(
-            request_id=rid,
-            team=None,
-            method="-",
-            route="-",
-            status=status,
-            bytes_in=0,
-            bytes_out=len(body),
-            duration_ms=0.0,
-            session=None,
-            replayed=False,
-            outcome="malformed",
-            via="front",
-        )
+        _log_own_answer(rid, "-", status, 0, len(body), 0.0, "malformed")
 
 
 class Exchange:
@@ -569,7 +557,7 @@ class Exchange:
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, up.reason)]
         named = headers.named_in_connection(up.connection) if up.connection else _NONE
         for name, value in up.headers:
-            if named and name.lower().replace(b"_", b"-") in named:
+            if named and headers.canonical_raw(name) in named:
                 continue
             if fast is not None and headers.kind(name) == headers.RID:
                 continue
@@ -774,21 +762,38 @@ class Exchange:
             fast.done(self.front.state, self.request, self.status, self.bytes_out, outcome)
         elif self.own_rid:  # the front answered a relayed request itself (the app never did)
             req = self.request
-            access_log(
-                request_id=self.own_rid,
-                team=None,
-                method=req.method.decode(),
-                route="-",
-                status=self.status,
-                bytes_in=req.body_bytes,
-                bytes_out=0,
-                duration_ms=round((time.perf_counter() - req.started) * 1000, 2),
-                session=None,
-                replayed=False,
-                outcome=outcome,
-                via="front",
+            duration_ms = round((time.perf_counter() - req.started) * 1000, 2)
+            method = req.method.decode()
+            _log_own_answer(
+                self.own_rid, method, self.status, req.body_bytes, 0, duration_ms, outcome
             )
         self.caller.exchange_done(keep_alive and not self.caller.closed)
+
+
+def _log_own_answer(
+    rid: str,
+    method: str,
+    status: int,
+    bytes_in: int,
+    bytes_out: int,
+    duration_ms: float,
+    outcome: str | None,
+) -> None:
+    """The access line of an answer the front gave itself to a call the app never saw."""
+    access_log(
+        request_id=rid,
+        team=None,
+        method=method,
+        route="-",
+        status=status,
+        bytes_in=bytes_in,
+        bytes_out=bytes_out,
+        duration_ms=duration_ms,
+        session=None,
+        replayed=False,
+        outcome=outcome,
+        via="front",
+    )
 
 
 def _relay_head(req: Request, peer: str, scheme: str) -> bytes:
@@ -838,8 +843,6 @@ def _head(
 
 
 def _reason(status: int) -> bytes:
-    from http import HTTPStatus
-
     try:
         return HTTPStatus(status).phrase.encode()
     except ValueError:

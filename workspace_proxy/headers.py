@@ -88,14 +88,15 @@ def _always_dropped_raw(name: bytes) -> bool:
 
 
 @functools.lru_cache(maxsize=4096)
-def _canonical_raw(name: bytes) -> bytes:
+def canonical_raw(name: bytes) -> bytes:
+    """``canonical`` for a raw header name."""
     return name.strip().lower().replace(b"_", b"-")
 
 
 def dropped_upstream(name: bytes, named: frozenset[bytes]) -> bool:
     """``upstream_headers``' rule for one raw header name (``named``: canonical names listed in
     the request's Connection headers)."""
-    return _always_dropped_raw(name) or (bool(named) and _canonical_raw(name) in named)
+    return _always_dropped_raw(name) or (bool(named) and canonical_raw(name) in named)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -194,8 +194,9 @@ def configure(
             ],
         )
     )
-    _settings.update(stream=stream, json=json, static=static, cache=cache)
-    _settings["access_batch_s"] = access_batch_s
+    _settings.update(
+        stream=stream, json=json, static=static, cache=cache, access_batch_s=access_batch_s
+    )
     access.flush()
     access.batch_s = access_batch_s
     access.stream = stream if as_json else None

@@ -127,6 +127,18 @@ class ProxyState:
     """Set when the app sits behind the front (``front.FrontSite``), whose relayed requests
     carry the caller's address in ``X-Workspace-Proxy-Peer``."""
 
+    def take_slot(self, team: TeamConfig) -> bool:
+        """One of the team's ``max_concurrency`` slots (shared by the app and the front's fast
+        path), or False when they are all taken."""
+        busy = self.in_flight.get(team.name, 0)
+        if busy >= team.max_concurrency:
+            return False
+        self.in_flight[team.name] = busy + 1
+        return True
+
+    def release_slot(self, team: str) -> None:
+        self.in_flight[team] -= 1
+
 
 STATE: Final = web.AppKey("workspace_proxy_state", ProxyState)
 
@@ -381,19 +393,17 @@ class _Slot:
         return None
 
     def __exit__(self, *exc: object) -> None:
-        self._state.in_flight[self._team] -= 1
+        self._state.release_slot(self._team)
 
 
 def _concurrency_slot(state: ProxyState, team: TeamConfig) -> _Slot:
     """Reserve one of the team's concurrent request slots, or 429 at once."""
-    busy = state.in_flight.get(team.name, 0)
-    if busy >= team.max_concurrency:
+    if not state.take_slot(team):
         raise TooManyRequests(
-            f"workspace-proxy: team {team.name!r} already has {busy} requests in flight "
-            f"(limit {team.max_concurrency}).",
+            f"workspace-proxy: team {team.name!r} already has {state.in_flight[team.name]} "
+            f"requests in flight (limit {team.max_concurrency}).",
             headers={"Retry-After": "1"},
         )
-    state.in_flight[team.name] = busy + 1
     return _Slot(state, team.name)
 
 
