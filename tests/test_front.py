@@ -5,8 +5,11 @@ connections are handled on that path too."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -454,3 +457,84 @@ async def test_only_idempotent_calls_are_resent_when_a_kept_alive_connection_die
     assert resp.status == 502
     assert set(body) == {"message", "documentation_url"}
     assert echo.hung_up == [method] * sent
+
+
+async def test_a_burst_of_new_connections_looks_looker_up_once(
+    looker: LookerEmulator, make_proxy: MakeProxy
+) -> None:
+    """Looker by name: 30 concurrent fast calls, each on a new connection, cause one DNS lookup
+    (the address is kept for 10 s), not one per connection."""
+    port = looker.base_url.rsplit(":", 1)[1]
+    proxy = await make_proxy(
+        looker,
+        looker={
+            "base_url": f"http://localhost:{port}",
+            "timeouts": {"connect_s": 2, "read_s": 30, "session_s": 5},
+        },
+    )
+    token = await proxy.login("analytics")
+    await proxy.get_json(USER, token)  # pinned by the app (its own client, its own lookups)
+    loop = asyncio.get_running_loop()
+    lookups: list[object] = []
+    real = loop.getaddrinfo
+
+    async def counted(host: object, *args: Any, **kwargs: Any) -> Any:
+        lookups.append(host)
+        return await real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    loop.getaddrinfo = counted  # type: ignore[method-assign]
+    try:
+        with access_lines() as lines:
+            resp = await asyncio.gather(*(proxy.call("GET", USER, token) for _ in range(30)))
+            for r in resp:
+                await r.read()
+    finally:
+        del loop.getaddrinfo
+    assert [r.status for r in resp] == [200] * 30
+    assert {x["via"] for x in lines} == {"front"}
+    assert lookups == ["localhost"]
+
+
+async def test_a_connect_to_looker_that_hangs_is_a_504(
+    looker: LookerEmulator, make_proxy: MakeProxy
+) -> None:
+    """Looker stops accepting (its listen queue full, new connections hang): the fast path gives
+    up after looker.timeouts.connect_s with a Looker-shaped 504."""
+    proxy = await make_proxy(
+        looker,
+        looker={
+            "base_url": looker.base_url,
+            "timeouts": {"connect_s": 0.5, "read_s": 30, "session_s": 5},
+        },
+    )
+    token = await proxy.login("analytics")
+    await proxy.get_json(USER, token)
+    port = int(looker.base_url.rsplit(":", 1)[1])
+    assert looker.server is not None
+    await looker.server.close()  # the emulator stops; a listener that never accepts takes over
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(0)
+    queued = []
+    for _ in range(3):  # fill the accept queue: further SYNs are dropped, connects hang
+        s = socket.socket()
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect(("127.0.0.1", port))
+        queued.append(s)
+    await asyncio.sleep(0.1)
+    try:
+        with access_lines() as lines:
+            started = asyncio.get_running_loop().time()
+            resp = await proxy.call("GET", USER, token)
+            body = await resp.json()
+            waited = asyncio.get_running_loop().time() - started
+    finally:
+        for s in queued:
+            s.close()
+        listener.close()
+    assert resp.status == 504
+    assert set(body) == {"message", "documentation_url"}
+    assert [(x["via"], x["outcome"]) for x in lines] == [("front", "connect")]
+    assert 0.4 < waited < 3.0
