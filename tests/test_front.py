@@ -6,17 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import json
+import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import structlog
 from aiohttp import web
 from harness import Proxy, ProxyServer, access_lines, assert_every_call_pinned
 from pytest_aiohttp import AiohttpServer
 from reliability import raw_answers
 
+from workspace_proxy import log
 from workspace_proxy.emulator import LookerEmulator
 
 pytestmark = pytest.mark.timeout(60)
@@ -538,3 +543,26 @@ async def test_a_connect_to_looker_that_hangs_is_a_504(
     assert set(body) == {"message", "documentation_url"}
     assert [(x["via"], x["outcome"]) for x in lines] == [("front", "connect")]
     assert 0.4 < waited < 3.0
+
+
+async def test_access_lines_are_written_in_batches_at_most_a_moment_late() -> None:
+    """With access_batch_s (as `serve` sets it), lines reach the stream together, in one write,
+    no later than that; flush() writes what is left at once (shutdown)."""
+    stream = io.StringIO()
+    log.configure("info", stream=stream, json=True, access_batch_s=0.05)
+    try:
+        log.access(request_id="a1", status=200)
+        log.access(request_id="a2", status=200)
+        assert stream.getvalue() == ""
+        await asyncio.sleep(0.15)
+        first = [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()]
+        log.access(request_id="a3", status=200)
+        log.access.flush()
+        every = [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()]
+    finally:
+        log.access.flush()
+        log.access.stream, log.access.batch_s = None, None
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    assert first == ["a1", "a2"]
+    assert every == ["a1", "a2", "a3"]
