@@ -43,8 +43,14 @@ from workspace_proxy.emulator import AuditEntry
 from workspace_proxy.tokens import Clock
 
 TABLE: Final = Path(__file__).resolve().parent.parent / "docs" / "reliability.md"
-MODULES: Final = ("test_faults_matrix.py", "test_hostile.py", "test_isolation.py")
+MODULES: Final = (
+    "test_attacks.py",
+    "test_faults_matrix.py",
+    "test_hostile.py",
+    "test_isolation.py",
+)
 CATEGORIES: Final = {
+    "attack": "Attacks on the pin, byte for byte (tests/test_attacks.py)",
     "fault": "Fault matrix (tests/test_faults_matrix.py)",
     "hostile": "Hostile HTTP (tests/test_hostile.py)",
     "isolation": "Team isolation (tests/test_isolation.py)",

@@ -1019,7 +1019,7 @@ async def test_hold_login_waits_for_the_event(
     logins = asyncio.gather(*(login(http, looker) for _ in range(3)))
     await looker.login_started.wait()
     assert looker.logins == 0
-    assert looker.audit[0] == AuditEntry("POST", f"{V4}/login", None, None, None, 0)
+    assert looker.audit[0] == AuditEntry("POST", f"{V4}/login", None, None, None, 0, f"{V4}/login")
     looker.faults.hold_login.set()
     tokens = await logins
     assert len(set(tokens)) == 3
@@ -1216,6 +1216,7 @@ async def test_admin_audit_and_stats(http: aiohttp.ClientSession, looker: Looker
         "token_fingerprint": looker.audit[1].token_fingerprint,
         "workspace": "production",
         "status": 200,
+        "target": f"{V4}/session",
     }
     assert len((await call(http, looker, "GET", "/_emulator/audit?since=1")).body) == 1
     assert (await call(http, looker, "GET", "/_emulator/audit?since=x")).status == 400

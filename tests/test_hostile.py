@@ -196,8 +196,8 @@ CASES: Final = [
     Case(
         "OPTIONS * (asterisk-form)",
         b"OPTIONS * HTTP/1.1\r\nHost: x\r\n" + TAIL,
-        _NOT_FOUND,
-        (404,),
+        "400 Looker-shaped: not origin-form; nothing forwarded",
+        (400,),
     ),
     Case(
         "path ../ out of /api/4.0/",
@@ -227,8 +227,8 @@ CASES: Final = [
     Case(
         "path with backslashes",
         _get(b"/api/4.0\\..\\_emulator\\audit"),
-        _NOT_FOUND,
-        (404,),
+        "400 Looker-shaped: '\\' is not in the path grammar; nothing forwarded",
+        (400,),
     ),
     Case(
         "path with encoded backslash %5c",

@@ -17,7 +17,15 @@ from workspace_proxy.headers import dropped_upstream
 from workspace_proxy.log import access as access_log
 from workspace_proxy.looker import auth_header
 from workspace_proxy.proxy import ProxyState, View
-from workspace_proxy.routes import Action, Route, classify
+from workspace_proxy.routes import (
+    Action,
+    Route,
+    Target,
+    TargetMismatch,
+    check_sent,
+    classify,
+    upstream_target,
+)
 from workspace_proxy.tokens import PinnedSession, SessionProvider
 from workspace_proxy.upstream import Backend
 
@@ -51,6 +59,7 @@ class Request:
         "keep_alive",
         "length",
         "method",
+        "parsed",
         "rid",
         "started",
         "target",
@@ -60,6 +69,8 @@ class Request:
     def __init__(self) -> None:
         self.method = b""
         self.target = b""
+        self.parsed: Target | None = None
+        """The target as origin-form (``routes.parse_target``); set once the head is parsed."""
         self.version = "1.1"
         self.headers: list[tuple[bytes, bytes]] = []
         self.keep_alive = True
@@ -92,6 +103,7 @@ class Fast:
         "rid",
         "route",
         "scheme",
+        "sent_target",
         "session",
         "slot",
         "team",
@@ -107,8 +119,11 @@ class Fast:
         rid: str,
         peer: str,
         scheme: str,
+        sent_target: bytes,
     ) -> None:
         self.backend = backend
+        self.sent_target = sent_target
+        """The request target for Looker, built from the classified route and checked."""
         self.route = route
         self.provider = provider
         self.session = session
@@ -133,13 +148,10 @@ class Fast:
     def head(self, req: Request) -> bytes:
         """The request line and headers for Looker: the caller's headers minus everything
         ``headers.upstream_headers`` drops, plus the pinned session and X-Forwarded-*."""
-        target = req.target
-        query = target.find(b"?")
-        path = self.backend.base_path + self.route.path
         lines = [
             req.method,
             b" ",
-            path.encode() if query < 0 else path.encode() + target[query:],
+            self.sent_target,
             b" HTTP/1.1\r\nHost: ",
             self.backend.host_header,
             _CRLF,
@@ -205,8 +217,7 @@ def plan(state: ProxyState, req: Request, peer: str, scheme: str) -> Fast | None
         or req.method == b"HEAD"
         or req.auths != 1
         or not req.ascii
-        or not req.target.startswith(b"/")
-        or not req.target.isascii()
+        or req.parsed is None
     ):
         return None
     credential = req.auth.decode()
@@ -222,16 +233,21 @@ def plan(state: ProxyState, req: Request, peer: str, scheme: str) -> Fast | None
     provider: SessionProvider | None = view.sessions.get(principal.team)
     if provider is None:
         return None
-    target = req.target.decode()
-    raw_path = target.split("?", 1)[0]
-    route = _route(req.method.decode(), raw_path, view.config.looker.api_versions)
+    target = req.parsed
+    route = _route(req.method.decode(), target.path, view.config.looker.api_versions)
     if route.action is not Action.FORWARD:
         return None
     session = provider.ready()
     if session is None:
         return None
+    backend = _looker_backend(view.config)
+    sent = upstream_target(backend.base_path, route, target)
+    try:
+        check_sent(sent, backend.base_path, route, target)
+    except TargetMismatch:
+        return None  # the application refuses it, with the same check
     return Fast(
-        _looker_backend(view.config),
+        backend,
         route,
         provider,
         session,
@@ -239,6 +255,7 @@ def plan(state: ProxyState, req: Request, peer: str, scheme: str) -> Fast | None
         request_id(req.rid.decode() if req.rid is not None else None),
         peer,
         scheme,
+        sent.encode(),
     )
 
 

@@ -40,6 +40,7 @@ from workspace_proxy.fast import Fast, Request, plan
 from workspace_proxy.headers import PEER_HEADER
 from workspace_proxy.log import access as access_log
 from workspace_proxy.proxy import STATE, ProxyState, error_json
+from workspace_proxy.routes import parse_target
 from workspace_proxy.upstream import Backend, Pool, Upstream, parser_reason
 
 log = structlog.get_logger("workspace_proxy.front")
@@ -291,6 +292,7 @@ class Caller(asyncio.Protocol):
             raise BadRequest("Transfer-Encoding is not allowed in HTTP/1.0 requests.", close=True)
         if req.hosts > 1 or (req.hosts == 0 and req.version == "1.1"):
             raise BadRequest("An HTTP/1.1 request needs exactly one Host header.", close=True)
+        req.parsed = parse_target(req.target.decode("latin-1"))  # 400 unless origin-form
         if req.expect and (req.chunked or req.length):
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.queue.append(req)

@@ -35,7 +35,16 @@ from workspace_proxy.headers import downstream_headers, upstream_headers
 from workspace_proxy.looker import LookerClient, auth_header
 from workspace_proxy.metrics import Metrics
 from workspace_proxy.passthrough import Passthrough, Pinned
-from workspace_proxy.routes import Action, Route, classify
+from workspace_proxy.routes import (
+    Action,
+    Route,
+    Target,
+    TargetMismatch,
+    check_sent,
+    classify,
+    parse_target,
+    upstream_target,
+)
 from workspace_proxy.tokens import (
     PinnedSession,
     SessionEvents,
@@ -73,6 +82,8 @@ class RequestInfo:
 
 
 INFO: Final = web.RequestKey("workspace_proxy_info", RequestInfo)
+TARGET: Final = web.RequestKey("workspace_proxy_target", Target)
+"""The request's target as parsed by ``routes.parse_target``: what every forward is built from."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +190,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     view = state.view  # one config for the whole request, even across a reload
     info = request[INFO]
+    target = request[TARGET] = parse_target(request.raw_path)  # 400 unless origin-form
     _refuse_malformed(request)
-    route = classify(request.method, request.rel_url.raw_path, view.config.looker.api_versions)
+    route = classify(request.method, target.path, view.config.looker.api_versions)
     info.route = route.name
     if route.action is Action.NOT_FOUND:
         raise NotFound()
@@ -215,11 +227,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
 
 
 def _refuse_malformed(request: web.Request) -> None:
-    """What aiohttp's parser lets through but a proxy must not: absolute-form targets (we are
-    not a forward proxy), HTTP/1.0 with Transfer-Encoding (ambiguous framing, RFC 9112 6.1) and
-    header values that are not UTF-8 (they would be altered on the way to Looker)."""
-    if not request.raw_path.startswith("/"):
-        raise BadRequest("workspace-proxy is not a forward proxy: send the path only.")
+    """What aiohttp's parser lets through but a proxy must not: HTTP/1.0 with Transfer-Encoding
+    (ambiguous framing, RFC 9112 6.1) and header values that are not UTF-8 (they would be altered
+    on the way to Looker). Targets other than origin-form are refused by ``parse_target``."""
     if request.version < aiohttp.HttpVersion11 and "Transfer-Encoding" in request.headers:
         raise BadRequest("Transfer-Encoding is not allowed in HTTP/1.0 requests.", close=True)
     if any(_NOT_UTF8.search(v) for v in request.headers.values()):
@@ -499,10 +509,12 @@ async def _send(
     info = request[INFO]
     if session is not None:
         info.session = f"{session.generation}:{session.fingerprint}"
-    query = request.rel_url.raw_query_string
-    url = URL(
-        view.config.looker.base_url + route.path + (f"?{query}" if query else ""), encoded=True
-    )
+    target = request[TARGET]
+    url = URL(view.config.looker.base_url + upstream_target("", route, target), encoded=True)
+    sent = url.raw_path + (f"?{url.raw_query_string}" if url.raw_query_string else "")
+    if url.raw_fragment:
+        raise TargetMismatch()
+    check_sent(sent, "", route, target)
     peer, proto = caller_address(request)
     headers = upstream_headers(
         request.headers,

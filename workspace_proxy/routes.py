@@ -1,4 +1,11 @@
-"""Route policy: what the proxy does with a method and path. Pure functions, no I/O.
+"""Route policy: what the proxy does with a request target. Pure functions, no I/O.
+
+A request target is first parsed as RFC 9112's origin-form (``absolute-path [ "?" query ]``, with
+RFC 3986's characters): a ``#``, a space, a raw non-ASCII byte, a bad ``%`` escape or any other
+character outside that grammar is a ``400`` before any policy runs (``parse_target``). What is sent
+to Looker is then *built* from the parsed and classified parts (``upstream_target``), and checked
+once more at the point of sending (``check_sent``), so the path Looker receives is the path the
+policy decided on.
 
 Only ``/versions``, ``/api/logout`` and ``/api/<configured version>/...`` exist. Paths are
 normalised before they are matched, and the normalised path is what is forwarded, so what is
@@ -17,9 +24,17 @@ import string
 from dataclasses import dataclass
 from typing import Final
 
+from workspace_proxy.errors import BadRequest, ProxyError
+
 METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 """What Looker's API uses; TRACE (which would echo the injected token), CONNECT and the rest
 never reach Looker."""
+_PCHAR: Final = r"A-Za-z0-9\-._~!$&'()*+,;=:@%"
+"""RFC 3986 ``pchar``: unreserved, sub-delims, ``:``, ``@`` and ``%`` escapes."""
+_ORIGIN_FORM: Final = re.compile(rf"((?:/[{_PCHAR}]*)+)(?:\?([{_PCHAR}/?]*))?")
+_BAD_ESCAPE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_PATH_CHAR: Final = re.compile(rf"[{_PCHAR}/]")
+_QUERY_CHAR: Final = re.compile(rf"[{_PCHAR}/?]")
 _SLASHES: Final = re.compile(r"/{2,}")
 _FORBIDDEN: Final = re.compile(r"%(2f|5c|2e|00)|[\\;]|[\x00-\x20\x7f]", re.IGNORECASE)
 _PERCENT: Final = re.compile(r"%([0-9A-Fa-f]{2})")
@@ -145,6 +160,51 @@ RESOURCES: Final = frozenset(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A request target that parsed as origin-form: its path and query, still percent-encoded."""
+
+    path: str
+    query: str | None
+    """Without the ``?``; None when there was none or nothing after it."""
+
+
+def parse_target(raw: str) -> Target:
+    """The origin-form target (RFC 9112 3.2.1), or a Looker-shaped 400 naming what is wrong."""
+    found = _ORIGIN_FORM.fullmatch(raw)
+    if found is None or _BAD_ESCAPE.search(raw):
+        raise BadRequest(
+            f"workspace-proxy: the request target must be a path with an optional query "
+            f"(RFC 9112 origin-form); {_what_is_wrong(raw)}.",
+            close=True,
+        )
+    return Target(found.group(1), found.group(2) or None)
+
+
+def _what_is_wrong(raw: str) -> str:
+    if not raw.startswith("/"):
+        return "it must start with '/' (absolute URLs, '*' and authorities are not accepted)"
+    if "#" in raw:
+        return f"a fragment ('#', at offset {raw.index('#')}) is never sent in a request"
+    bad = _BAD_ESCAPE.search(raw)
+    if bad is not None:
+        return f"'%' at offset {bad.start()} is not followed by two hex digits"
+    query = raw.find("?")
+    for offset, char in enumerate(raw):
+        allowed = _QUERY_CHAR if 0 <= query <= offset else _PATH_CHAR
+        if not allowed.fullmatch(char):
+            shown = repr(char) if char.isprintable() and char.isascii() else f"U+{ord(char):04X}"
+            return f"{shown} at offset {offset} is not allowed there"
+    return "it does not parse"  # pragma: no cover (every refusal has one of the reasons above)
+
+
+class TargetMismatch(ProxyError):
+    """The target built for Looker does not say what was classified: never sent."""
+
+    status = 500
+    public_message = "workspace-proxy refused to forward a request it could not rebuild exactly."
+
+
 class Action(enum.Enum):
     LOGIN = "login"  # the caller logs in to the proxy
     SUDO = "sudo"  # POST /login/{user_id}
@@ -213,6 +273,24 @@ def classify(method: str, raw_path: str, versions: tuple[str, ...]) -> Route:
     if rest == "versions" and method == "GET":
         return Route(Action.VERSIONS, path, "versions")
     return Route(Action.FORWARD, path, _label(rest))
+
+
+def upstream_target(base_path: str, route: Route, target: Target) -> str:
+    """The target Looker gets: the classified (normalised) path under Looker's base path, and
+    the parsed query; never the bytes the caller sent."""
+    path = base_path + route.path
+    return path if target.query is None else f"{path}?{target.query}"
+
+
+def check_sent(sent: str, base_path: str, route: Route, target: Target) -> None:
+    """At the point of sending: the target about to go out parses back to exactly the path that
+    was classified and the query that was parsed, else TargetMismatch (nothing is sent)."""
+    try:
+        back = parse_target(sent)
+    except BadRequest:
+        raise TargetMismatch() from None
+    if back.path != base_path + route.path or back.query != target.query:
+        raise TargetMismatch()
 
 
 def _label(rest: str) -> str:

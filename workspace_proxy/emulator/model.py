@@ -42,6 +42,8 @@ class AuditEntry:
     token_fingerprint: str | None
     workspace: str | None
     status: int
+    target: str = ""
+    """The request target exactly as it arrived (still percent-encoded, with its query)."""
 
 
 @dataclass

@@ -168,7 +168,7 @@ class LookerEmulator:
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         """Every non-admin request: audited in arrival order, delayed by faults.latency_s."""
-        pending = AuditEntry(request.method, request.path, None, None, None, 0)
+        pending = AuditEntry(request.method, request.path, None, None, None, 0, request.raw_path)
         self.audit.append(pending)
         index = len(self.audit) - 1
         self._arrival.set()
@@ -189,6 +189,7 @@ class LookerEmulator:
                 info.token_fingerprint,
                 info.workspace,
                 status,
+                request.raw_path,
             )
             if index < len(self.audit) and self.audit[index] is pending:
                 self.audit[index] = done
