@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from harness import ENV, Proxy, ProxyServer, raw_config
 from pytest_aiohttp import AiohttpClient, AiohttpServer
+from spy import SpyLooker
 
 from workspace_proxy.app import create_app
 from workspace_proxy.config import parse_config
@@ -78,3 +79,16 @@ def _make_proxy(aiohttp_client: AiohttpClient) -> MakeProxy:
 async def _proxy(looker: LookerEmulator, make_proxy: MakeProxy) -> Proxy:
     """The proxy in front of `looker`, with teams analytics (dev) and finance (production)."""
     return await make_proxy(looker)
+
+
+@pytest.fixture
+async def spy(aiohttp_server: AiohttpServer) -> SpyLooker:
+    upstream = SpyLooker()
+    server = await aiohttp_server(upstream.app)
+    upstream.base_url = str(server.make_url("/")).rstrip("/")
+    return upstream
+
+
+@pytest.fixture
+async def spy_proxy(spy: SpyLooker, make_proxy: MakeProxy) -> Proxy:
+    return await make_proxy(spy)  # duck-typed: only base_url is read

@@ -11,18 +11,30 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
+import aiohttp
 import pytest
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from harness import ENV, Proxy, ProxyServer, raw_config, raw_http
+from harness import ENV, Proxy, ProxyProcess, ProxyServer, raw_config, raw_http
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reliability import audit_summary, install, raw_exchange, record
+from reliability import (
+    audit_summary,
+    install,
+    raw_answers,
+    raw_exchange,
+    read_answer,
+    record,
+)
+from spy import SpyLooker
 
 from workspace_proxy.app import create_app
 from workspace_proxy.config import parse_config
@@ -46,6 +58,7 @@ WORKSPACE: Final = {"finance": "production", "analytics": "dev", "ops": "product
 RELAY: Final = "X-Note: caf\u00e9\r\n".encode()
 """A non-ASCII (UTF-8) header value: the front relays such a call to the application."""
 PATHS: Final = {"fast": b"", "relayed": RELAY}
+MIB: Final = 1024 * 1024
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -101,7 +114,7 @@ def _request(method: str, target: bytes, token: str, body: bytes, extra: bytes =
     return head + b"Connection: close\r\n\r\n" + body
 
 
-# --- critical: a '#' in the target ---------------------------------------------------------------
+# --- critical: a '#' in the target ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -388,3 +401,498 @@ def test_every_fragment_case_fails_closed_in_the_pure_parser() -> None:
     for case in FRAGMENTS:
         with pytest.raises(BadRequest, match="fragment"):
             parse_target(case.target.decode())
+
+
+# --- H1: what one connection may hold queued is bounded, headers included -------------------------
+
+
+async def _process_token(looker: LookerEmulator, proc: ProxyProcess) -> tuple[str, int]:
+    """A caller token of analytics and a saved query id, through the proxy process."""
+    async with aiohttp.ClientSession() as http:
+        form = {"client_id": "analytics-caller", "client_secret": "analytics-caller-secret"}
+        async with http.post(f"{proc.url}/api/4.0/login", data=form) as resp:
+            token = str((await resp.json())["access_token"])
+        query = {"model": "sales", "view": "orders", "fields": ["orders.id"]}
+        headers = {"Authorization": f"token {token}"}
+        async with http.post(f"{proc.url}/api/4.0/queries", json=query, headers=headers) as r:
+            return token, int((await r.json())["id"])
+
+
+async def test_pipelined_heads_behind_an_unread_answer_are_bounded(
+    looker: LookerEmulator, tmp_path: Path
+) -> None:
+    """An unread download followed by pipelined requests with 100 headers of 8,000 bytes each:
+    the proxy stops reading that connection instead of holding what it sends (RSS stays flat)."""
+    proc = await ProxyProcess.start(raw_config(looker.base_url), tmp_path)
+    try:
+        token, qid = await _process_token(looker, proc)
+        download = (
+            f"GET /api/4.0/queries/{qid}/run/csv?emulator_bytes={256 * MIB} HTTP/1.1\r\n"
+            f"Host: x\r\nAuthorization: token {token}\r\n\r\n"
+        ).encode()
+        pad = b"".join(b"X-Pad-%03d: %s\r\n" % (i, b"p" * 8000) for i in range(100))
+        head = b"GET /api/4.0/user HTTP/1.1\r\nHost: x\r\nAuthorization: token %s\r\n%s\r\n" % (
+            token.encode(),
+            pad,
+        )
+        baseline = proc.rss_bytes()
+        reader, writer = await asyncio.open_connection("127.0.0.1", proc.port)
+        writer.transport.set_write_buffer_limits(high=0)
+        writer.write(download)
+        sent = 0
+        for _ in range(200):  # 160 MB if the proxy took it all
+            writer.write(head)
+            try:
+                await asyncio.wait_for(writer.drain(), 3)
+            except TimeoutError:
+                break  # the proxy stopped reading: what we wrote stays in the kernel
+            sent += 1
+        held = proc.rss_bytes() - baseline
+        writer.transport.abort()
+        record(
+            "attack",
+            "H1: unread download + pipelined GETs with 100 headers of 8,000 bytes",
+            "the connection stops being read; proxy RSS grows by less than 32 MiB",
+            status=f"{sent} of 200 requests taken before the proxy stopped reading",
+            answer="-",
+            looker="-",
+            afterwards=f"RSS growth {held // MIB} MiB",
+        )
+        assert sent < 100, f"the proxy read {sent} requests of 800 kB behind an unread answer"
+        assert held < 32 * MIB, f"RSS grew by {held / MIB:.0f} MiB"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                f"{proc.url}/api/4.0/user", headers={"Authorization": f"token {token}"}
+            ) as resp,
+        ):
+            assert resp.status == 200
+        del reader
+    finally:
+        await proc.kill()
+
+
+# --- M3/M4: every request body has an idle and an overall deadline --------------------------------
+
+
+def _stall_cases(token: str) -> dict[str, bytes]:
+    """Heads whose bodies never (fully) arrive, by path."""
+    auth = b"Authorization: token " + token.encode() + b"\r\n"
+    return {
+        "login (relayed)": b"POST /api/4.0/login HTTP/1.1\r\nHost: x\r\nContent-Type: "
+        b"application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nclient_id=",
+        "POST Content-Length (fast)": b"POST /api/4.0/queries HTTP/1.1\r\nHost: x\r\n"
+        + auth
+        + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
+        "POST chunked (relayed)": b"POST /api/4.0/queries HTTP/1.1\r\nHost: x\r\n"
+        + auth
+        + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n",
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["login (relayed)", "POST Content-Length (fast)", "POST chunked (relayed)"]
+)
+async def test_a_stalled_body_is_answered_408_and_closed(
+    looker: LookerEmulator, make_proxy: MakeProxy, case: str
+) -> None:
+    """A body that stops arriving: 408 at limits.body_idle_timeout_s, then the connection
+    closes, on every path — an unauthenticated login included."""
+    proxy = await make_proxy(looker, limits={"body_idle_timeout_s": 0.3, "body_timeout_s": 30})
+    token = await _login(proxy, "analytics")
+    await _session_of(proxy, token)
+    request = _stall_cases(token)[case]
+    reader, writer = await asyncio.open_connection(proxy.client.host, proxy.client.port)
+    try:
+        writer.write(request)
+        async with asyncio.timeout(5):
+            answer = await read_answer(reader)
+            rest = await reader.read()
+    finally:
+        writer.close()
+    record(
+        "attack",
+        f"M3: a body that never arrives ({case})",
+        "408 Looker-shaped at body_idle_timeout_s, then closed",
+        status=answer.describe(),
+        answer=answer.message,
+        looker="-",
+        afterwards="closed" if rest == b"" else "open",
+    )
+    assert answer.status == 408, answer
+    assert answer.looker_shaped
+    assert rest == b""
+
+
+@pytest.mark.parametrize("path", ["fast", "relayed"])
+async def test_a_trickled_body_meets_the_overall_deadline(
+    looker: LookerEmulator, make_proxy: MakeProxy, path: str
+) -> None:
+    """A body trickled a byte at a time (never idle) is cut at limits.body_timeout_s with 408,
+    and the team's concurrency slot is free again."""
+    proxy = await make_proxy(
+        looker,
+        limits={"body_idle_timeout_s": 5, "body_timeout_s": 0.6},
+        team_settings={"analytics": {"max_concurrency": 1}},
+    )
+    token = await _login(proxy, "analytics")
+    await _session_of(proxy, token)
+    framing = (
+        b"Content-Length: 1000\r\n\r\n" if path == "fast" else b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    reader, writer = await asyncio.open_connection(proxy.client.host, proxy.client.port)
+    writer.write(
+        b"POST /api/4.0/queries HTTP/1.1\r\nHost: x\r\nAuthorization: token "
+        + token.encode()
+        + b"\r\nContent-Type: application/json\r\n"
+        + framing
+    )
+    answered = asyncio.ensure_future(read_answer(reader))
+    sent = 0
+    try:
+        async with asyncio.timeout(10):
+            while not answered.done() and sent < 400:
+                writer.write(b"x" if path == "fast" else b"1\r\nx\r\n")
+                sent += 1
+                await asyncio.wait([answered], timeout=0.05)
+            answer = await answered
+    finally:
+        writer.close()
+    again = await proxy.call("GET", "/api/4.0/user", token)
+    record(
+        "attack",
+        f"M4: a body trickled forever ({path})",
+        "408 at limits.body_timeout_s; the team's slot is free again",
+        status=answer.describe(),
+        answer=answer.message,
+        looker="-",
+        afterwards=f"next call: {again.status}",
+    )
+    assert answer.status == 408, answer
+    assert sent < 100, "the deadline did not cut the trickle"
+    assert again.status == 200
+
+
+# --- M5: HTTP/1.0 without Host --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_http_1_0_without_host_is_served(pinned: Pinned, path: str) -> None:
+    """HTTP/1.0 may omit Host (Looker's host is the proxy's business): served, with an id."""
+    token = pinned.tokens["analytics"]
+    request = (
+        b"GET /api/4.0/user HTTP/1.0\r\nAuthorization: token "
+        + token.encode()
+        + b"\r\n"
+        + PATHS[path]
+        + b"\r\n"
+    )
+    answer = await raw_exchange(pinned.proxy.base_url, request)
+    record(
+        "attack",
+        f"M5: HTTP/1.0 without Host ({path})",
+        "served (200) with an X-Request-Id",
+        status=answer.describe(),
+        answer=answer.message,
+        looker="-",
+        afterwards="-",
+    )
+    assert answer.status == 200, answer
+    assert "X-Request-Id" in answer.headers
+    assert json.loads(answer.body)["id"] == "2"
+
+
+# --- M6: 100 Continue only for the request being answered, after the decision ---------------------
+
+
+async def test_100_continue_never_lands_inside_an_earlier_answer(
+    looker: LookerEmulator, pinned: Pinned
+) -> None:
+    """A pipelined POST with Expect: 100-continue behind a large download: the download's body
+    arrives whole; the interim answer only comes once it is that request's turn."""
+    proxy, token = pinned.proxy, pinned.tokens["analytics"]
+    query = await proxy.call(
+        "POST", "/api/4.0/queries", token, json={"model": "sales", "view": "orders"}
+    )
+    qid = (await query.json())["id"]
+    size = 4 * MIB
+    auth = b"Authorization: token " + token.encode() + b"\r\n"
+    download = (
+        b"GET /api/4.0/queries/%s/run/csv?emulator_bytes=%d HTTP/1.1\r\nHost: x\r\n%s\r\n"
+        % (
+            str(qid).encode(),
+            size,
+            auth,
+        )
+    )
+    body = b'{"model":"sales","view":"orders"}'
+    post = (
+        b"POST /api/4.0/queries HTTP/1.1\r\nHost: x\r\n"
+        + auth
+        + b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+        + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+    )
+    reader, writer = await asyncio.open_connection(proxy.client.host, proxy.client.port)
+    try:
+        writer.write(download + post)
+        first = await _read_raw_response(reader)
+        writer.write(body)
+        rest = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    record(
+        "attack",
+        "M6: Expect: 100-continue pipelined behind a 4 MiB download",
+        "the download arrives intact; 100 Continue only after it",
+        status=first.split(b"\r\n", 1)[0].decode(),
+        answer="-",
+        looker="-",
+        afterwards=rest.split(b"\r\n", 1)[0].decode(),
+    )
+    assert b"100 Continue" not in first
+    _, _, payload = first.partition(b"\r\n\r\n")
+    assert len(payload) == size
+    assert rest.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"), rest[:80]
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_100_continue_is_not_sent_for_a_refused_request(pinned: Pinned, path: str) -> None:
+    """A request the policy refuses (no credentials; a body over the limit) gets its final
+    answer without a 100 Continue first, so the caller never uploads a body that is refused."""
+    cases = {
+        "no credentials": b"POST /api/4.0/queries HTTP/1.1\r\nHost: x\r\n",
+        "a switch of a pinned branch": b"PUT /api/4.0/projects/sales/git_branch HTTP/1.1\r\n"
+        + b"Host: x\r\nAuthorization: token "
+        + pinned.tokens["analytics"].encode()
+        + b"\r\n",
+    }
+    for name, head in cases.items():
+        request = (
+            head
+            + PATHS[path]
+            + b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+            + b"Content-Length: 22\r\n\r\n"
+        )
+        reader, writer = await asyncio.open_connection(
+            pinned.proxy.client.host, pinned.proxy.client.port
+        )
+        try:
+            writer.write(request)
+            status_line = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
+        finally:
+            writer.close()
+        record(
+            "attack",
+            f"M6: Expect: 100-continue on a refused request: {name} ({path})",
+            "the refusal comes first; no 100 Continue",
+            status=status_line.decode().strip(),
+            answer="-",
+            looker="-",
+            afterwards="-",
+        )
+        assert b" 100 " not in status_line, (name, status_line)
+
+
+async def _read_raw_response(reader: asyncio.StreamReader) -> bytes:
+    """One response exactly as it came (interim answers included), framed by Content-Length or
+    chunks; chunked bodies are returned decoded after the head."""
+    raw = b""
+    while True:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        raw += head
+        if not head.startswith(b"HTTP/1.1 1"):
+            break
+    fields = {
+        k.strip().lower(): v.strip()
+        for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:])
+    }
+    if b"content-length" in fields:
+        return raw + await asyncio.wait_for(reader.readexactly(int(fields[b"content-length"])), 10)
+    while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+        raw += await asyncio.wait_for(reader.readexactly(size), 10)
+        await reader.readexactly(2)
+    await reader.readuntil(b"\r\n")
+    return raw
+
+
+# --- L2, L3: chunked bodies -----------------------------------------------------------------------
+
+
+async def test_a_malformed_chunked_body_is_refused_without_a_traceback(
+    pinned: Pinned, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`2\\n{}` and a bare LF after chunk data: 400 Looker-shaped, and nothing logged at error
+    level by the proxy or by asyncio (no 'Fatal error on transport')."""
+    token = pinned.tokens["analytics"]
+    caplog.set_level(logging.WARNING)
+    with structlog.testing.capture_logs() as events:
+        answers = []
+        for body in (b"2\n{}\r\n0\r\n\r\n", b"2\r\n{}\n0\r\n\r\n"):
+            request = (
+                b"POST /api/4.0/queries HTTP/1.1\r\nHost: x\r\nAuthorization: token "
+                + token.encode()
+                + b"\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n\r\n"
+                + body
+            )
+            answers.append(await raw_exchange(pinned.proxy.base_url, request))
+        assert await _session_of(pinned.proxy, token)
+    errors = [e for e in events if e.get("log_level") in ("error", "critical")]
+    fatal = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    record(
+        "attack",
+        "L2: malformed chunked bodies (2\\n{} and a bare LF)",
+        "400 Looker-shaped; no traceback logged",
+        status=", ".join(a.describe() for a in answers),
+        answer=answers[0].message,
+        looker="-",
+        afterwards=f"{len(errors) + len(fatal)} error lines logged",
+    )
+    assert [a.status for a in answers] == [400, 400]
+    assert all(a.looker_shaped for a in answers)
+    assert errors == []
+    assert fatal == []
+
+
+async def test_chunked_trailers_are_never_headers(spy: SpyLooker, spy_proxy: Proxy) -> None:
+    """An Authorization sent only as a trailer does not authenticate; other trailers are not
+    forwarded to Looker. Each request is pipelined behind another, so it is parsed whole,
+    trailers included, before its turn comes."""
+    token = await spy_proxy.login("analytics")
+    await (await spy_proxy.call("GET", "/api/4.0/user", token)).read()
+    auth = b"Authorization: token " + token.encode() + b"\r\n"
+    ahead = b"GET /api/4.0/user HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"
+    chunked = (
+        b"POST /api/4.0/queries HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Content-Type: application/json\r\nConnection: close\r\n"
+    )
+    only_trailer = chunked + b"\r\n2\r\n{}\r\n0\r\n" + auth + b"\r\n"
+    with_trailer = chunked + auth + b"\r\n2\r\n{}\r\n0\r\nX-Trailer-Secret: leaked\r\n\r\n"
+    mark = len(spy.seen)
+    unauthenticated = await raw_answers(spy_proxy.base_url, ahead + only_trailer)
+    forwarded = await raw_answers(spy_proxy.base_url, ahead + with_trailer)
+    names = [k.lower() for _, _, headers in spy.seen[mark:] for k, _ in headers]
+    statuses = [a.status for a in unauthenticated + forwarded]
+    record(
+        "attack",
+        "L3: chunked trailers (Authorization only as a trailer; another trailer)",
+        "401; trailers never reach Looker as headers",
+        status=", ".join(str(s) for s in statuses),
+        answer=unauthenticated[-1].message,
+        looker=f"{len(spy.seen) - mark} calls; trailer upstream: {b'x-trailer-secret' in names}",
+        afterwards="-",
+    )
+    assert statuses == [200, 401, 200, 200]
+    assert b"x-trailer-secret" not in names
+
+
+# --- L4, L5: headers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_the_headers_the_proxy_adds_count_in_the_limit(
+    looker: LookerEmulator, pinned: Pinned, path: str
+) -> None:
+    """A request inside limits.max_headers (128) that would exceed it once the proxy adds its
+    own headers is a Looker-shaped 431 from the proxy, never Looker's plain-text 400."""
+    token = pinned.tokens["analytics"]
+    extra = PATHS[path]
+    base = b"GET /api/4.0/user HTTP/1.1\r\nHost: x\r\nAuthorization: token " + token.encode()
+    fixed = 3 + (1 if extra else 0)  # Host, Authorization, Connection (and X-Note)
+    statuses = {}
+    for total in (122, 127):
+        pad = b"".join(b"X-Pad-%03d: p\r\n" % i for i in range(total - fixed))
+        answer = await raw_exchange(
+            pinned.proxy.base_url, base + b"\r\n" + extra + pad + b"Connection: close\r\n\r\n"
+        )
+        statuses[total] = answer
+    record(
+        "attack",
+        f"L4: 122 and 127 header lines ({path})",
+        "122: served; 127 (inside max_headers, over it with the proxy's own): 431 Looker-shaped",
+        status=", ".join(f"{n}: {a.status}" for n, a in statuses.items()),
+        answer=statuses[127].message,
+        looker="-",
+        afterwards="-",
+    )
+    assert statuses[122].status == 200, statuses[122]
+    assert statuses[127].status == 431, statuses[127]
+    assert statuses[127].looker_shaped
+
+
+CLIENT_IP_HEADERS: Final = (
+    "X-Real-IP",
+    "True-Client-IP",
+    "X-Client-IP",
+    "X-Original-Method",
+    "X-Override-URL",
+    "Via",
+    "Max-Forwards",
+    "CF-Connecting-IP",
+    "X-Cluster-Client-IP",
+    "Fastly-Client-IP",
+    "X-Original-Host",
+    "X-Host",
+    "X-Forwarded",
+)
+
+
+@pytest.mark.parametrize("path", PATHS)
+async def test_client_ip_and_rerouting_headers_never_reach_looker(
+    spy: SpyLooker, spy_proxy: Proxy, path: str
+) -> None:
+    """Caller-supplied client-IP and re-routing headers are dropped like X-Forwarded-*."""
+    token = await spy_proxy.login("analytics")
+    await (await spy_proxy.call("GET", "/api/4.0/user", token)).read()
+    sent = b"".join(f"{name}: 203.0.113.9\r\n".encode() for name in CLIENT_IP_HEADERS)
+    mark = len(spy.seen)
+    answer = await raw_exchange(
+        spy_proxy.base_url,
+        b"GET /api/4.0/user HTTP/1.1\r\nHost: x\r\nAuthorization: token "
+        + token.encode()
+        + b"\r\n"
+        + PATHS[path]
+        + sent
+        + b"Connection: close\r\n\r\n",
+    )
+    received = {k.decode().lower() for _, _, headers in spy.seen[mark:] for k, _ in headers}
+    leaked = sorted(n for n in CLIENT_IP_HEADERS if n.lower() in received)
+    record(
+        "attack",
+        f"L5: client-IP and re-routing headers ({path})",
+        "dropped before Looker",
+        status=answer.describe(),
+        answer="-",
+        looker=f"reached Looker: {', '.join(leaked) or 'none'}",
+        afterwards="-",
+    )
+    assert answer.status == 200, answer
+    assert leaked == []
+
+
+# --- L6: HTTP versions ----------------------------------------------------------------------------
+
+
+async def test_other_http_versions_are_answered_at_once(pinned: Pinned) -> None:
+    """HTTP/2.0 on an HTTP/1 connection: 505; an HTTP/0.9 line: 400 — both at once, not after
+    the idle timeout, and nothing reaches Looker."""
+    token = pinned.tokens["analytics"].encode()
+    cases = {
+        "HTTP/2.0": b"GET /api/4.0/user HTTP/2.0\r\nHost: x\r\nAuthorization: token "
+        + token
+        + b"\r\n\r\n",
+        "HTTP/0.9 line": b"GET /api/4.0/user\r\n",
+        "HTTP/0.9 line and a blank line": b"GET /api/4.0/user\r\n\r\n",
+    }
+    for name, request in cases.items():
+        answer = await raw_exchange(pinned.proxy.base_url, request, wait_s=3)
+        record(
+            "attack",
+            f"L6: {name}",
+            "505 (HTTP/2.0) or 400 (HTTP/0.9) at once, Looker-shaped",
+            status=answer.describe(),
+            answer=answer.message,
+            looker="-",
+            afterwards="-",
+        )
+        assert answer.status == (505 if name == "HTTP/2.0" else 400), (name, answer)
+        assert answer.looker_shaped

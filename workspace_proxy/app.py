@@ -31,6 +31,7 @@ from workspace_proxy.proxy import (
     View,
     handle,
     looker_error,
+    no_early_continue,
 )
 from workspace_proxy.tokens import (
     Clock,
@@ -222,7 +223,7 @@ def create_app(
     app[DRAINING] = [False]
     app.cleanup_ctx.append(_resources(clock))
     app.on_response_prepare.append(_add_request_id)
-    app.router.add_route("*", "/{tail:.*}", handle)
+    app.router.add_route("*", "/{tail:.*}", handle, expect_handler=no_early_continue)
     return app
 
 

@@ -248,7 +248,7 @@ async def serve(
         keepalive_timeout=KEEPALIVE_S,
         max_line_size=config.limits.max_header_bytes,
         max_field_size=config.limits.max_header_bytes,
-        max_headers=config.limits.max_headers + 1,  # + the front's peer header
+        max_headers=config.limits.max_headers + 2,  # + the front's peer header (and Host)
     )
     admin = web.AppRunner(
         create_admin_app(

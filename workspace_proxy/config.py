@@ -126,9 +126,13 @@ class Limits:
     max_header_bytes: int = 8190
     """Longest request line (414 beyond) or header line (431 beyond)."""
     max_headers: int = 128
-    """Most header lines in one request (431 beyond)."""
+    """Most header lines Looker receives for one request (431 beyond): a caller may send this
+    many minus the ones the proxy adds (``headers.ADDED``)."""
     body_idle_timeout_s: float = 60.0
     """A caller whose request body stalls longer than this gets 408 (its slot is freed)."""
+    body_timeout_s: float = 300.0
+    """A request body still arriving this long after its head gets 408, however steadily it
+    trickles (its slot and Looker connection are freed)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -658,6 +662,7 @@ def parse_config(raw: object, *, env: Env | None = None, source: str = "<memory>
             "max_header_bytes",
             "max_headers",
             "body_idle_timeout_s",
+            "body_timeout_s",
         },
         problems,
     )
@@ -680,6 +685,9 @@ def parse_config(raw: object, *, env: Env | None = None, source: str = "<memory>
         max_headers=_number(limraw, "max_headers", "limits", dl.max_headers, problems, minimum=16),
         body_idle_timeout_s=_number(
             limraw, "body_idle_timeout_s", "limits", dl.body_idle_timeout_s, problems, minimum=0.1
+        ),
+        body_timeout_s=_number(
+            limraw, "body_timeout_s", "limits", dl.body_timeout_s, problems, minimum=0.1
         ),
     )
     ttl = _number(data, "caller_token_ttl_s", "", 3600, problems, minimum=120)

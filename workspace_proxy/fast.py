@@ -49,14 +49,19 @@ class Request:
         "auths",
         "body",
         "body_bytes",
+        "body_seen",
         "chunked",
         "complete",
         "connection",
         "expect",
+        "head_bytes",
+        "head_done",
+        "head_seen",
         "headers",
         "host",
         "hosts",
         "keep_alive",
+        "last_url",
         "length",
         "method",
         "parsed",
@@ -79,6 +84,15 @@ class Request:
         self.body: list[bytes] = []
         self.body_bytes = 0
         self.complete = False
+        self.head_done = False
+        """The head is parsed: header callbacks from here on are chunked trailers."""
+        self.head_bytes = 0
+        self.last_url = b""
+        """The last piece of the target the parser handed over."""
+        self.head_seen = 0.0
+        """When the head was parsed (loop time): the body's overall deadline starts here."""
+        self.body_seen = 0.0
+        """When body bytes last arrived (loop time; the head's time until then)."""
         self.started = 0.0
         self.expect = False
         self.host = b""

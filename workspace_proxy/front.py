@@ -56,7 +56,10 @@ relays every first request at once."""
 _LINGER_S: Final = 2.0
 """How long the rest of an early-answered body is read and discarded before closing."""
 _QUEUE_BYTES: Final = 256 * 1024
-"""Pipelined request bytes held per caller connection before reading from it pauses."""
+"""Pipelined request bytes (heads and bodies) held per caller connection before reading from it
+pauses."""
+_QUEUE_REQUESTS: Final = 16
+"""Pipelined requests held per caller connection before reading from it pauses."""
 _CRLF: Final = b"\r\n"
 _NONE: Final[frozenset[bytes]] = frozenset()
 _LAST_CHUNK: Final = b"0\r\n\r\n"
@@ -150,7 +153,9 @@ class Caller(asyncio.Protocol):
         """An answer to bytes that could not be parsed, due once the requests before them are."""
         limits = front.state.view.config.limits
         self.max_field = limits.max_header_bytes
-        self.max_headers = limits.max_headers
+        self.max_headers = limits.max_headers - headers.ADDED
+        self.began_here = False
+        """A request began in the bytes being parsed now."""
 
     # --- connection -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -218,8 +223,10 @@ class Caller(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.linger_until:
             return  # the rest of a body we already answered: discarded
+        self.began_here = False
         try:
             self.parser.feed_data(data)
+            self._refuse_unversioned(data)
         except httptools.HttpParserUpgrade:
             # CONNECT or Upgrade: answered as a plain request (the app refuses CONNECT), never
             # switched; what follows may be another protocol, so nothing more is read.
@@ -236,28 +243,53 @@ class Caller(asyncio.Protocol):
             self.refuse(cause)
         except httptools.HttpParserError as exc:
             self.refuse(BadRequest(f"Malformed HTTP request: {parser_reason(exc)}.", close=True))
+        except ProxyError as exc:  # from _refuse_unversioned
+            self.refuse(exc)
         if self.exchange is not None:
             self.exchange.flush_request()
+
+    def _refuse_unversioned(self, data: bytes) -> None:
+        """A request line without a supported version (HTTP/0.9 style ``GET /x``, ``HTTP/2.0``)
+        is answered as soon as the line has ended, not when headers that never come time out."""
+        req = self.request
+        if req is None or req.headers or not req.target:
+            return
+        version = self.parser.get_http_version()
+        if version in ("1.0", "1.1"):
+            return
+        tail = data[data.rfind(req.last_url) + len(req.last_url) :] if self.began_here else data
+        if version != "0.0" or b"\n" in tail:
+            raise _unsupported(version)
 
     # --- httptools callbacks ----------------------------------------------------------------
     def on_message_begin(self) -> None:
         self.request = Request()
+        self.began_here = True
 
     def on_url(self, url: bytes) -> None:
         req = self.request
         assert req is not None
         req.target += url
+        req.last_url = url
         if len(req.target) > self.max_field:
             raise BadRequest("Request line too long.", status=414, close=True)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self.request
         assert req is not None
+        if req.head_done:
+            return  # a chunked trailer: never a header, never forwarded
         if len(name) + len(value) + 2 > self.max_field:
             raise BadRequest("Request header field too long.", status=431, close=True)
         req.headers.append((name, value))
+        req.head_bytes += len(name) + len(value) + 4
         if len(req.headers) > self.max_headers:
-            raise BadRequest("Too many request header fields.", status=431, close=True)
+            raise BadRequest(
+                f"Too many request header fields: at most {self.max_headers} (Looker gets "
+                f"limits.max_headers, the proxy's own {headers.ADDED} included).",
+                status=431,
+                close=True,
+            )
         kind = headers.kind(name)
         if kind:
             if kind == headers.HOST:
@@ -287,30 +319,41 @@ class Caller(asyncio.Protocol):
         req.version = p.get_http_version()
         req.keep_alive = p.should_keep_alive() and req.version == "1.1"
         req.started = time.perf_counter()
+        req.head_done = True
+        req.body_seen = req.head_seen = self.front.loop.time()
+        if req.version not in ("1.0", "1.1"):
+            raise _unsupported(req.version)
         if req.chunked and req.version != "1.1":
             # Ambiguous framing (RFC 9112 6.1): answer and close.
             raise BadRequest("Transfer-Encoding is not allowed in HTTP/1.0 requests.", close=True)
         if req.hosts > 1 or (req.hosts == 0 and req.version == "1.1"):
             raise BadRequest("An HTTP/1.1 request needs exactly one Host header.", close=True)
         req.parsed = parse_target(req.target.decode("latin-1"))  # 400 unless origin-form
-        if req.expect and (req.chunked or req.length):
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.queue.append(req)
         if self.exchange is None:
             self.next_exchange()
+        else:
+            self._bound_queue()
 
     def on_body(self, body: bytes) -> None:
         req = self.request
         assert req is not None
         req.body_bytes += len(body)
+        req.body_seen = self.front.loop.time()
         ex = self.exchange
-        if ex is not None and ex.request is req:
-            if ex.streaming:
-                ex.request_body(body)
-                return
-            ex.body_seen = self.front.loop.time()
+        if ex is not None and ex.request is req and ex.streaming:
+            ex.request_body(body)
+            return
         req.body.append(body)
-        if not self.paused and sum(len(r.target) + r.body_bytes for r in self.queue) > _QUEUE_BYTES:
+        self._bound_queue()
+
+    def _bound_queue(self) -> None:
+        """Stop reading from the caller while what it pipelined ahead (heads and bodies) is more
+        than one connection may hold; reading resumes as exchanges finish."""
+        if self.paused:
+            return
+        held = sum(len(r.target) + r.head_bytes + r.body_bytes for r in self.queue)
+        if held > _QUEUE_BYTES or len(self.queue) > _QUEUE_REQUESTS:
             self.paused = True
             self.transport.pause_reading()
 
@@ -375,7 +418,8 @@ class Caller(asyncio.Protocol):
         rid = request_id(None)
         self.transport.write(_head(status, b"", headers, len(body), rid, close=True) + body)
         self.transport.close()
-        self.queue.clear()
+        if self.exchange is None:
+            self.queue.clear()
         _log_own_answer(rid, "-", status, 0, len(body), 0.0, "malformed")
 
 
@@ -384,7 +428,6 @@ class Exchange:
 
     __slots__ = (
         "attempts",
-        "body_seen",
         "bytes_out",
         "caller",
         "chunked_out",
@@ -425,8 +468,6 @@ class Exchange:
         self.bytes_out = 0
         self.upstream_seen = 0.0
         """When the backend last sent something (or the request went out)."""
-        self.body_seen = 0.0
-        """When the caller last sent body bytes (while the fast path waits for them)."""
         self.finished = False
         # fast path only
         self.fast: Fast | None = None
@@ -453,7 +494,6 @@ class Exchange:
             # A small body: wait for all of it, so the call can be replayed after a 401.
             self.fast = fast
             self.waiting_body = True
-            self.body_seen = self.front.loop.time()
             return
         self.fast = fast
         self._send()
@@ -547,6 +587,13 @@ class Exchange:
             self.up_out.clear()
 
     # --- response ---------------------------------------------------------------------------
+    def interim(self) -> None:
+        """The backend answered ``100 Continue`` (the app, once it decided to read the body of a
+        request that asked for it): passed on, since this request is the one being answered."""
+        req = self.request
+        if req.expect and not req.complete and not self.head_sent and not self.caller.closed:
+            self.caller.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
     def response_head(self, status: int, up: Upstream) -> None:
         """The answer's head for the caller: the backend's headers minus hop-by-hop ones (the
         parser left those out) and those its Connection header names; our own framing."""
@@ -728,12 +775,21 @@ class Exchange:
                 self.connect_timed_out = True
                 self.connecting.cancel()
             return
-        if self.waiting_body:
-            limit = self.front.state.view.config.limits.body_idle_timeout_s
-            if now - self.body_seen >= limit:
+        req = self.request
+        if not req.complete and not self.head_sent:
+            limits = self.front.state.view.config.limits
+            if (
+                now - req.body_seen >= limits.body_idle_timeout_s
+                or now - req.head_seen >= limits.body_timeout_s
+            ):
+                # The rest of the body may never come (or come forever): answer, free the slot
+                # and the backend connection, and close rather than wait to drain it.
                 self.waiting_body = False
+                self._drop_upstream()
                 message = "workspace-proxy: the request body did not arrive in time."
-                self._answer(BadRequest(message, status=408, close=True))
+                self._answer(BadRequest(message, status=408, close=True), outcome="body_timeout")
+                return
+        if self.waiting_body:
             return
         fast = self.fast
         if fast is None or self.upstream is None or not fast.backend.read_s:
@@ -800,11 +856,15 @@ def _log_own_answer(
 
 def _relay_head(req: Request, peer: str, scheme: str) -> bytes:
     """The caller's request as it came, re-framed (Content-Length or chunked), for the app; the
-    caller's address travels in a header only the front can set."""
+    caller's address travels in a header only the front can set. ``Expect`` goes along: the app
+    answers ``100 Continue`` once it has decided to read the body, and the front passes that on
+    (see ``Exchange.interim``)."""
     lines = [req.method, b" ", req.target, b" HTTP/1.1\r\n"]
+    if not req.hosts:  # HTTP/1.0 may omit Host; the app needs one, and is told it is not real
+        lines.append(b"Host: workspace-proxy.invalid\r\n")
     for name, value in req.headers:
         lower = name.lower()
-        if lower in (b"content-length", b"transfer-encoding", b"expect", b"keep-alive"):
+        if lower in (b"content-length", b"transfer-encoding", b"keep-alive"):
             continue
         if lower == PEER_HEADER:
             continue
@@ -816,7 +876,8 @@ def _relay_head(req: Request, peer: str, scheme: str) -> bytes:
                 lines += (name, b": ", kept, _CRLF)
             continue
         lines += (name, b": ", value, _CRLF)
-    lines += (PEER_HEADER, b": ", f"{peer} {scheme}".encode(), _CRLF)
+    told = f"{peer} {scheme}" if req.hosts else f"{peer} {scheme} nohost"
+    lines += (PEER_HEADER, b": ", told.encode(), _CRLF)
     if req.chunked:
         lines.append(b"Transfer-Encoding: chunked\r\n")
     elif req.length is not None:
@@ -842,6 +903,17 @@ def _head(
         lines.append(b"Connection: close\r\n")
     lines.append(_CRLF)
     return b"".join(lines)
+
+
+def _unsupported(version: str) -> BadRequest:
+    if version in ("0.0", "0.9"):
+        message = "Malformed HTTP request: the request line has no HTTP version."
+        return BadRequest(message, close=True)
+    return BadRequest(
+        f"HTTP/{version} is not supported on this connection: send HTTP/1.1.",
+        status=505,
+        close=True,
+    )
 
 
 def _reason(status: int) -> bytes:

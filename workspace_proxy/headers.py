@@ -48,10 +48,32 @@ _CALLER_ONLY: Final = frozenset(
         "x-http-method-override",
         "x-http-method",
         "x-method-override",
+        "x-original-method",
+        "x-override-url",
+        "x-original-host",
+        "x-host",
+        # Claims about the caller's address or the path the request took: only the proxy's own
+        # X-Forwarded-For says who called (``X-Forwarded-*`` and ``Forwarded`` are dropped too).
+        "x-real-ip",
+        "true-client-ip",
+        "x-client-ip",
+        "cf-connecting-ip",
+        "fastly-client-ip",
+        "x-cluster-client-ip",
+        "x-proxyuser-ip",
+        "x-originating-ip",
+        "x-remote-ip",
+        "x-remote-addr",
+        "x-forwarded",
+        "via",
+        "max-forwards",
         # The caller's address as the front tells it to the application behind it.
         "x-workspace-proxy-peer",
     }
 )
+ADDED: Final = 6
+"""Headers the proxy may add to a request (Host when the caller sent none, Authorization,
+Content-Length, X-Forwarded-For/-Proto/-Host): counted in ``limits.max_headers``."""
 PEER_HEADER: Final = b"x-workspace-proxy-peer"
 """Set by the front on every relayed request (a caller's own copy is removed first)."""
 

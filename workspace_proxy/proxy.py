@@ -79,6 +79,8 @@ class RequestInfo:
     bytes_out: int = 0
     replayed: bool = False
     outcome: str | None = None
+    continued: bool = False
+    """``100 Continue`` was sent."""
 
 
 INFO: Final = web.RequestKey("workspace_proxy_info", RequestInfo)
@@ -176,14 +178,16 @@ def looker_error(
     )
 
 
-def caller_address(request: web.Request) -> tuple[str | None, str]:
-    """(peer address, scheme) of the caller: as the front saw them, for a relayed request."""
+def caller_address(request: web.Request) -> tuple[str | None, str, str | None]:
+    """(peer address, scheme, Host) of the caller: as the front saw them, for a relayed request
+    (an HTTP/1.0 caller may send no Host; the front then relays a placeholder and says so)."""
     if request.app[STATE].relayed:
         told = request.headers.get("X-Workspace-Proxy-Peer")
         if told:
-            peer, _, scheme = told.partition(" ")
-            return peer or None, scheme or "http"
-    return request.remote, request.scheme
+            peer, scheme, *flags = told.split(" ")
+            host = None if "nohost" in flags else request.host
+            return peer or None, scheme or "http", host
+    return request.remote, request.scheme, request.host
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -339,6 +343,7 @@ async def _login(request: web.Request, view: View) -> web.Response:
     if request.can_read_body:
         if (request.content_length or 0) > _SMALL_BODY:
             raise BadRequest("Login body too large.", status=413)
+        await _continue(request)
         posted = await request.post()
         form = {k: v for k, v in posted.items() if isinstance(v, str)}
     client_id = form.get("client_id") or request.query.get("client_id")
@@ -383,9 +388,23 @@ async def _patch_session(
     )
 
 
+async def no_early_continue(request: web.Request) -> None:
+    """The route's expect handler: aiohttp's default answers ``100 Continue`` before any rule
+    has run; here it is sent by ``_continue``, once the request is going to be read."""
+
+
+async def _continue(request: web.Request) -> None:
+    """``100 Continue`` for a caller that asked for it, now that its body will be read."""
+    info = request[INFO]
+    if not info.continued and request.headers.get("Expect", "").lower() == "100-continue":
+        info.continued = True
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+
 async def _small_json(request: web.Request) -> object:
     if (request.content_length or 0) > _SMALL_BODY:
         raise BadRequest("Request body too large for this call.", status=413)
+    await _continue(request)
     raw = await request.content.read(_SMALL_BODY + 1)
     if len(raw) > _SMALL_BODY:
         raise BadRequest("Request body too large for this call.", status=413)
@@ -426,6 +445,7 @@ async def _request_body(request: web.Request, config: Config) -> tuple[Any, bool
     if length is not None and length > limit:
         raise BadRequest(f"Request body larger than {limit} bytes.", status=413)
     idle = config.limits.body_idle_timeout_s
+    await _continue(request)
     if length is not None and length <= config.limits.replay_buffer_bytes:
         try:
             async with asyncio.timeout(idle):
@@ -515,13 +535,13 @@ async def _send(
     if url.raw_fragment:
         raise TargetMismatch()
     check_sent(sent, "", route, target)
-    peer, proto = caller_address(request)
+    peer, proto, host = caller_address(request)
     headers = upstream_headers(
         request.headers,
         auth_header(session.token) if session is not None else None,
         peer=peer,
         proto=proto,
-        host=request.host,
+        host=host,
         content_length=_length(body, request),
     )
     started = time.perf_counter()

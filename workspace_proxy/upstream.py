@@ -311,6 +311,8 @@ class Upstream(asyncio.Protocol):
         self.until_close = status >= 200 and not self.bodyless and not self.framed
         if ex is not None and status >= 200:
             ex.response_head(status, self)
+        elif ex is not None and status == 100:
+            ex.interim()
 
     def on_body(self, body: bytes) -> None:
         self.received += len(body)
