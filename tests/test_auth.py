@@ -4,17 +4,25 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
+import hmac
 import json
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import harness
 import pytest
-from harness import FakeClock
+from harness import FakeClock, Proxy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workspace_proxy.auth import PREFIX, CallerAuth, IssuedToken, Principal, bearer_value
 from workspace_proxy.config import Config, parse_config
+from workspace_proxy.emulator import LookerEmulator
 from workspace_proxy.errors import NotFound, Unauthenticated
+
+MakeProxy = Callable[..., Awaitable[Proxy]]
 
 SIGNING_KEY = "auth-test-signing-key-0123456789abcdef0123"
 OTHER_KEY = "another-signing-key-fedcba9876543210-fedcba"
@@ -440,3 +448,49 @@ def test_any_single_character_change_is_rejected(data: st.DataObject) -> None:
     )
     with pytest.raises(Unauthenticated):
         auth.verify(f"token {mutated}")
+
+
+# --- claims of the wrong type (issue 17) -----------------------------------------------------
+
+
+def _signed_with_test_key(claims: dict[str, Any]) -> str:
+    """A wp1 token with these claims, signed with the key the test proxies use."""
+    raw = json.dumps(claims, separators=(",", ":")).encode()
+    signed = f"{PREFIX}.{base64.urlsafe_b64encode(raw).rstrip(b'=').decode()}"
+    mac = hmac.new(harness.SIGNING_KEY.encode(), signed.encode(), hashlib.sha256).digest()
+    return f"{signed}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+
+
+_GOOD_CLAIMS: dict[str, Any] = {"t": "analytics", "c": "analytics-caller", "j": "some-token-id"}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"t": ["analytics"]},
+        {"t": {"analytics": 1}},
+        {"t": 7},
+        {"c": ["analytics-caller"]},
+        {"c": {"analytics-caller": 1}},
+        {"e": "9999999999"},
+        {"e": 9.9e9},
+        {"e": True},
+        {"e": None},
+        {"j": ["x"]},
+        {"j": 5},
+        {"s": ["2"]},
+        {"s": {"id": "2"}},
+    ],
+)
+async def test_signed_claim_of_the_wrong_type_is_a_401(
+    looker: LookerEmulator, make_proxy: MakeProxy, change: dict[str, Any]
+) -> None:
+    """A correctly signed token whose claims have the wrong JSON types is refused (401), never
+    an internal error (a list as team claim answered 500)."""
+    proxy = await make_proxy(looker, team_settings={"analytics": {"allow_sudo": True}})
+    good = _signed_with_test_key({**_GOOD_CLAIMS, "e": int(time.time()) + 600})
+    assert (await proxy.call("GET", "/api/4.0/user", good)).status == 200, "the forger works"
+    forged = _signed_with_test_key({**_GOOD_CLAIMS, "e": int(time.time()) + 600, **change})
+    resp = await proxy.call("GET", "/api/4.0/user", forged)
+    assert resp.status == 401, await resp.text()
+    assert (await resp.json())["message"] == "Requires authentication."

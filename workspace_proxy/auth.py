@@ -153,15 +153,23 @@ class CallerAuth:
         try:
             claims = json.loads(_unb64(body))
             team, caller, exp, jti = claims["t"], claims["c"], claims["e"], claims["j"]
-        except (ValueError, KeyError, TypeError, binascii.Error):
+            sudo = claims.get("s")
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
             raise Unauthenticated() from None
+        # Every claim is checked for its type before it is used (a list as team claim was a
+        # TypeError, answered 500): a wrong type is a 401 like any other bad token.
+        if not (
+            isinstance(team, str)
+            and isinstance(caller, str)
+            and type(exp) is int
+            and isinstance(jti, str)
+            and (sudo is None or isinstance(sudo, str))
+        ):
+            raise Unauthenticated()
         known = self._teams.get(team)
         if known is None or not any(c.client_id == caller for c in known.callers):
             # The caller or team was removed from the config since the token was issued.
             raise Unauthenticated()
-        sudo = claims.get("s")
-        if not isinstance(exp, int) or not isinstance(jti, str):
-            raise Unauthenticated()
-        if sudo is not None and (not isinstance(sudo, str) or not known.allow_sudo):
+        if sudo is not None and not known.allow_sudo:
             raise Unauthenticated()  # sudo was allowed when issued, and is not any more
         return Principal(team=team, caller=caller, token_id=jti, expires_at=float(exp), sudo=sudo)
