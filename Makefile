@@ -32,9 +32,11 @@ demo: $(STAMP)
 	$(BIN)/workspace-proxy demo
 
 bench: $(STAMP)
+	$(BIN)/python -m benchmarks.revocations
 	$(BIN)/python -m benchmarks.run
 
 bench-quick: $(STAMP)
+	$(BIN)/python -m benchmarks.revocations --samples 200
 	$(BIN)/python -m benchmarks.run --quick
 
 clean:

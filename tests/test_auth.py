@@ -323,23 +323,23 @@ def test_expired_token_is_rejected_on_first_sight(clock: FakeClock) -> None:
         later.verify(f"Bearer {token}")
 
 
-def test_revoked_token_is_rejected(auth: CallerAuth) -> None:
+async def test_revoked_token_is_rejected(auth: CallerAuth) -> None:
     """After revoke() (logout) the token is refused; the caller's other tokens still work."""
     header = f"token {login(auth)}"
     other = f"token {login(auth)}"
     principal = auth.verify(header)
-    auth.revoke(principal)
+    await auth.revoke(principal)
     with pytest.raises(Unauthenticated):
         auth.verify(header)
     assert auth.verify(other).caller == "analytics-caller"
 
 
-def test_revoking_twice_is_harmless(auth: CallerAuth) -> None:
+async def test_revoking_twice_is_harmless(auth: CallerAuth) -> None:
     """Logging out an already revoked token does not raise, and it stays refused."""
     header = f"token {login(auth)}"
     principal = auth.verify(header)
-    auth.revoke(principal)
-    auth.revoke(principal)
+    await auth.revoke(principal)
+    await auth.revoke(principal)
     with pytest.raises(Unauthenticated):
         auth.verify(header)
 
@@ -391,12 +391,12 @@ def test_token_is_accepted_by_another_instance_with_the_same_key(clock: FakeCloc
     )
 
 
-def test_revocation_is_per_replica(clock: FakeClock) -> None:
+async def test_revocation_is_per_replica(clock: FakeClock) -> None:
     """revoke() ends the token on the replica that saw the logout (documented scope)."""
     first = CallerAuth(make_config(), clock=clock)
     second = CallerAuth(make_config(), clock=clock)
     header = f"token {login(first)}"
-    first.revoke(first.verify(header))
+    await first.revoke(first.verify(header))
     with pytest.raises(Unauthenticated):
         first.verify(header)
     assert second.verify(header).caller == "analytics-caller"

@@ -33,6 +33,7 @@ from workspace_proxy.proxy import (
     looker_error,
     no_early_continue,
 )
+from workspace_proxy.revocations import Revocations
 from workspace_proxy.tokens import (
     Clock,
     ProviderFactory,
@@ -50,6 +51,9 @@ METRICS: Final = web.AppKey("workspace_proxy_metrics", Metrics)
 DRAINING: Final = web.AppKey("workspace_proxy_draining", list[bool])
 Providers = Callable[[aiohttp.ClientSession, Config, Clock, Metrics], ProviderFactory]
 PROVIDERS: Final = web.AppKey[Providers]("workspace_proxy_providers")
+REVOCATIONS: Final = web.AppKey("workspace_proxy_revocations", Revocations)
+"""Logged-out token ids (proxy and sealed tokens): one list for the app's life, kept across
+reloads, shared with the other workers of an instance (``sharing``)."""
 _REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -147,7 +151,7 @@ def _resources(clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]
                 config.managed_teams, app[PROVIDERS](http, config, clock, app[METRICS])
             )
             state = ProxyState(
-                view=View.build(config, CallerAuth(config), sessions, http, app[METRICS]),
+                view=View.build(config, _caller_auth(app, config), sessions, http, app[METRICS]),
                 http=http,
                 metrics=app[METRICS],
             )
@@ -173,7 +177,7 @@ async def reload(app: web.Application, config: Config, *, clock: Clock = time.mo
     sessions, retired = old.sessions.reconfigured(
         config.managed_teams, factory, same_looker=same_looker
     )
-    state.view = View.build(config, CallerAuth(config), sessions, state.http, state.metrics)
+    state.view = View.build(config, _caller_auth(app, config), sessions, state.http, state.metrics)
     log.info(
         "config_reloaded",
         kept=sorted(
@@ -194,6 +198,10 @@ async def reload(app: web.Application, config: Config, *, clock: Clock = time.mo
             wanted=config.pool_size,
         )
     await close_all(retired, wait=True)
+
+
+def _caller_auth(app: web.Application, config: Config) -> CallerAuth:
+    return CallerAuth(config, revocations=app[REVOCATIONS])
 
 
 def local_providers(
@@ -221,6 +229,7 @@ def create_app(
     app[PROVIDERS] = providers
     app[METRICS] = metrics or Metrics()
     app[DRAINING] = [False]
+    app[REVOCATIONS] = Revocations()
     app.cleanup_ctx.append(_resources(clock))
     app.on_response_prepare.append(_add_request_id)
     app.router.add_route("*", "/{tail:.*}", handle, expect_handler=no_early_continue)

@@ -21,6 +21,7 @@ from typing import Final
 
 from workspace_proxy.config import Caller, Config, Secret, TeamConfig
 from workspace_proxy.errors import NotFound, Unauthenticated
+from workspace_proxy.revocations import Revocations
 
 PREFIX: Final = "wp1"
 _SCHEMES: Final = ("token", "bearer")
@@ -80,7 +81,15 @@ def bearer_value(header: str | None) -> str | None:
 class CallerAuth:
     """Issues, verifies and revokes proxy tokens for one configuration."""
 
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        revocations: Revocations | None = None,
+    ) -> None:
+        """``revocations`` outlive one config (a reload keeps every logout); by default a new,
+        unshared list."""
         self._key = config.token_signing_key.reveal().encode()
         self._ttl = config.caller_token_ttl_s
         self._clock = clock
@@ -89,7 +98,7 @@ class CallerAuth:
             c.client_id: (team.name, c) for team in config.teams.values() for c in team.callers
         }
         self._dummy = Secret(secrets.token_urlsafe(32))
-        self._revoked: dict[str, float] = {}
+        self._revoked = revocations if revocations is not None else Revocations(clock=clock)
         self._verified: dict[str, Principal] = {}
 
     def login(self, client_id: str | None, client_secret: str | None) -> IssuedToken:
@@ -133,12 +142,10 @@ class CallerAuth:
             raise Unauthenticated()
         return principal
 
-    def revoke(self, principal: Principal) -> None:
-        """End a proxy token on this replica (logout)."""
-        now = self._clock()
-        if len(self._revoked) > _CACHE_MAX:
-            self._revoked = {j: e for j, e in self._revoked.items() if e > now}
-        self._revoked[principal.token_id] = principal.expires_at
+    async def revoke(self, principal: Principal) -> None:
+        """End a proxy token (logout): on this replica, and with ``--workers`` on every worker
+        of the instance before this returns."""
+        await self._revoked.revoke(principal.token_id, principal.expires_at)
 
     def _sign(self, signed: str) -> str:
         return _b64(hmac.new(self._key, signed.encode(), hashlib.sha256).digest())

@@ -217,7 +217,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
     team = view.config.teams[principal.team]
     info.team = team.name
     if route.action is Action.LOGOUT:
-        view.auth.revoke(principal)
+        await view.auth.revoke(principal)
         return web.Response(status=204)
     provider: SessionProvider = view.sessions[team.name]
     if principal.sudo is not None:
