@@ -1,4 +1,7 @@
-"""Passthrough mode: callers use their own Looker credentials; every session is pinned first."""
+"""Passthrough mode: callers use their own Looker credentials; every session is pinned first.
+
+A login through the proxy answers a sealed proxy token (``wp2.``): the caller never holds a
+Looker token, so it cannot move its session behind the proxy's back (issue 17, M7)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from typing import Any
 import aiohttp
 import looker_sdk
 import pytest
+import structlog
 from harness import Proxy, assert_every_call_pinned
 from looker_sdk import models40
 
@@ -45,20 +49,53 @@ async def _direct_login(looker: LookerEmulator, form: dict[str, str]) -> str:
         return str((await resp.json())["access_token"])
 
 
-async def test_login_is_forwarded_and_the_session_pinned_before_the_token_is_returned(
+def _looker_token_of(looker: LookerEmulator, sealed: str) -> str:
+    """The Looker token behind a sealed token: the only one the emulator issued since."""
+    (issued,) = looker.issued_tokens()
+    assert issued != sealed
+    return issued
+
+
+async def test_login_answers_a_sealed_proxy_token_never_lookers_own(
     looker: LookerEmulator, pt_proxy: Proxy
 ) -> None:
-    """The caller gets Looker's own token, already in dev: login, PATCH, then the answer."""
+    """Login, PATCH, then the answer: a proxy token (exactly Looker's keys) that is none of the
+    tokens Looker issued; calls with it run in dev."""
     body = await _looker_login(pt_proxy)
     assert set(body) == {"access_token", "token_type", "expires_in"}
-    assert looker.workspace_of(body["access_token"]) == "dev"
+    sealed = body["access_token"]
+    assert sealed not in looker.issued_tokens(), "the caller was handed Looker's own token"
+    assert sealed.startswith("wp2.")
+    assert body["token_type"] == "Bearer"
+    assert 60 < body["expires_in"] <= 3600
+    assert looker.workspace_of(_looker_token_of(looker, sealed)) == "dev"
     assert [(e.method, e.path.rsplit("/", 1)[-1]) for e in looker.audit] == [
         ("POST", "login"),
         ("PATCH", "session"),
     ]
-    session = await pt_proxy.get_json("/api/4.0/session", body["access_token"])
+    session = await pt_proxy.get_json("/api/4.0/session", sealed)
     assert session["workspace_id"] == "dev"
-    assert assert_every_call_pinned(looker) == 1
+    assert (await pt_proxy.get_json("/api/4.0/looks/1", sealed))["title"] == "Revenue (dev)"
+    assert assert_every_call_pinned(looker) == 2
+
+
+async def test_a_sealed_token_cannot_move_the_session_at_looker(
+    looker: LookerEmulator, pt_proxy: Proxy
+) -> None:
+    """Holding only the sealed token, the caller cannot PATCH its session at Looker directly:
+    Looker does not know the token (401), and the session stays in dev."""
+    sealed = (await _looker_login(pt_proxy))["access_token"]
+    async with (
+        aiohttp.ClientSession() as http,
+        http.patch(
+            f"{looker.base_url}/api/4.0/session",
+            json={"workspace_id": "production"},
+            headers={"Authorization": f"token {sealed}"},
+        ) as resp,
+    ):
+        assert resp.status == 401
+    assert looker.workspace_of(_looker_token_of(looker, sealed)) == "dev"
+    assert (await pt_proxy.get_json("/api/4.0/session", sealed))["workspace_id"] == "dev"
 
 
 async def test_wrong_looker_credentials_get_lookers_404(
@@ -105,25 +142,31 @@ async def test_token_of_an_unconfigured_user_is_refused(
 async def test_switching_workspace_is_refused_and_logout_ends_the_looker_session(
     looker: LookerEmulator, pt_proxy: Proxy
 ) -> None:
-    """Same policy as managed mode; DELETE /api/logout revokes the caller's own Looker token."""
-    token = (await _looker_login(pt_proxy))["access_token"]
+    """Same policy as managed mode; DELETE /api/logout ends the Looker session behind the sealed
+    token and revokes the sealed token itself (refused without asking Looker)."""
+    sealed = (await _looker_login(pt_proxy))["access_token"]
+    own = _looker_token_of(looker, sealed)
     resp = await pt_proxy.call(
-        "PATCH", "/api/4.0/session", token, json={"workspace_id": "production"}
+        "PATCH", "/api/4.0/session", sealed, json={"workspace_id": "production"}
     )
     assert resp.status == 403
-    resp = await pt_proxy.call("DELETE", "/api/logout", token)
+    resp = await pt_proxy.call("DELETE", "/api/logout", sealed)
     assert resp.status == 204
-    assert looker.workspace_of(token) is None, "the Looker session ended"
-    resp = await pt_proxy.call("GET", "/api/4.0/user", token)
+    assert looker.workspace_of(own) is None, "the Looker session ended"
+    mark = len(looker.audit)
+    resp = await pt_proxy.call("GET", "/api/4.0/user", sealed)
     assert resp.status == 401
+    assert (await resp.json())["message"] == "Requires authentication."
+    assert looker.audit[mark:] == [], "a logged-out sealed token never reaches Looker"
     assert looker.session_patches == 1
 
 
 async def test_revoked_token_is_the_callers_401(looker: LookerEmulator, pt_proxy: Proxy) -> None:
-    """Looker rejecting a passthrough token is passed on as 401 (the caller logs in again)."""
-    token = (await _looker_login(pt_proxy))["access_token"]
+    """Looker rejecting the session behind a sealed token is passed on as 401 (the caller logs
+    in again)."""
+    sealed = (await _looker_login(pt_proxy))["access_token"]
     looker.revoke_all_tokens()
-    resp = await pt_proxy.call("GET", "/api/4.0/user", token)
+    resp = await pt_proxy.call("GET", "/api/4.0/user", sealed)
     assert resp.status == 401
     assert looker.logins == 1, "the proxy never logs in for a passthrough caller"
 
@@ -137,6 +180,28 @@ async def test_managed_and_passthrough_teams_side_by_side(
     assert (await pt_proxy.get_json("/api/4.0/user", managed))["id"] == "2"
     assert (await pt_proxy.get_json("/api/4.0/user", own))["id"] == "4"
     assert assert_every_call_pinned(looker) == 2
+
+
+async def test_no_looker_or_sealed_token_is_ever_logged(
+    looker: LookerEmulator, pt_proxy: Proxy
+) -> None:
+    """Login, calls, a token pinned on first sight, a Looker 401, logout: no log line holds a
+    Looker token or a sealed token."""
+    with structlog.testing.capture_logs() as events:
+        sealed = (await _looker_login(pt_proxy))["access_token"]
+        await pt_proxy.get_json("/api/4.0/user", sealed)
+        raw = await _direct_login(looker, MARKETING)
+        await pt_proxy.get_json("/api/4.0/user", raw)
+        assert (await pt_proxy.call("DELETE", "/api/logout", sealed)).status == 204
+        assert (await pt_proxy.call("GET", "/api/4.0/user", sealed)).status == 401
+        looker.revoke_all_tokens()
+        assert (await pt_proxy.call("GET", "/api/4.0/user", raw)).status == 401
+    lines = [repr(e) for e in events]
+    assert any("passthrough_login" in line for line in lines), "logs were captured"
+    secrets = [sealed, *looker.issued_tokens()]
+    assert len(secrets) == 3
+    for secret in secrets:
+        assert not [line for line in lines if secret in line]
 
 
 async def test_stock_sdk_in_passthrough_mode(
@@ -162,3 +227,29 @@ async def test_stock_sdk_in_passthrough_mode(
     assert await asyncio.to_thread(story) == ["dev", "refused", "dev"]
     assert looker.logins == 2
     assert assert_every_call_pinned(looker) == 2
+    held = sdk.auth.token.access_token
+    assert held.startswith("wp2.")
+    assert held not in looker.issued_tokens(), "the SDK never held a Looker token"
+
+
+async def test_passthrough_sudo_answers_a_sealed_token_pinned_in_dev(
+    looker: LookerEmulator, make_proxy: MakeProxy
+) -> None:
+    """A passthrough admin's sudo login is forwarded and pinned, and answered with a sealed
+    token acting as the other user, never Looker's sudo token."""
+    admins = {**PASSTHROUGH, "looker_client_ids": ["admin-client-id"], "allow_sudo": True}
+    proxy = await make_proxy(looker, teams=("analytics",), team_settings={"padmins": admins})
+    form = {"client_id": "admin-client-id", "client_secret": "admin-client-secret"}
+    resp = await proxy.client.post("/api/4.0/login", data=form)
+    admin = (await resp.json())["access_token"]
+    resp = await proxy.call("POST", "/api/4.0/login/3", admin)
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert set(body) == {"access_token", "token_type", "expires_in"}
+    sudo = body["access_token"]
+    assert sudo.startswith("wp2.")
+    assert sudo not in looker.issued_tokens()
+    assert (await proxy.get_json("/api/4.0/user", sudo))["id"] == "3"
+    assert (await proxy.get_json("/api/4.0/session", sudo))["workspace_id"] == "dev"
+    assert len(looker.issued_tokens()) == 2
+    assert {looker.workspace_of(t) for t in looker.issued_tokens()} == {"dev"}

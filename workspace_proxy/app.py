@@ -19,9 +19,11 @@ from aiohttp import web
 from workspace_proxy.auth import CallerAuth
 from workspace_proxy.config import Config
 from workspace_proxy.errors import ProxyError
+from workspace_proxy.firstsight import Recheck, looker_check
 from workspace_proxy.log import access as access_log
 from workspace_proxy.looker import LookerClient
 from workspace_proxy.metrics import CONTENT_TYPE_LATEST, Metrics
+from workspace_proxy.passthrough import Passthrough
 from workspace_proxy.proxy import (
     CHUNK,
     INFO,
@@ -34,6 +36,7 @@ from workspace_proxy.proxy import (
     no_early_continue,
 )
 from workspace_proxy.revocations import Revocations
+from workspace_proxy.sealed import Sealer
 from workspace_proxy.tokens import (
     Clock,
     ProviderFactory,
@@ -151,7 +154,7 @@ def _resources(clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]
                 config.managed_teams, app[PROVIDERS](http, config, clock, app[METRICS])
             )
             state = ProxyState(
-                view=View.build(config, _caller_auth(app, config), sessions, http, app[METRICS]),
+                view=_view(app, config, sessions, http, app[METRICS], clock),
                 http=http,
                 metrics=app[METRICS],
             )
@@ -177,7 +180,7 @@ async def reload(app: web.Application, config: Config, *, clock: Clock = time.mo
     sessions, retired = old.sessions.reconfigured(
         config.managed_teams, factory, same_looker=same_looker
     )
-    state.view = View.build(config, _caller_auth(app, config), sessions, state.http, state.metrics)
+    state.view = _view(app, config, sessions, state.http, state.metrics, clock)
     log.info(
         "config_reloaded",
         kept=sorted(
@@ -200,8 +203,28 @@ async def reload(app: web.Application, config: Config, *, clock: Clock = time.mo
     await close_all(retired, wait=True)
 
 
-def _caller_auth(app: web.Application, config: Config) -> CallerAuth:
-    return CallerAuth(config, revocations=app[REVOCATIONS])
+def _view(
+    app: web.Application,
+    config: Config,
+    sessions: TokenManager,
+    http: aiohttp.ClientSession,
+    metrics: Metrics,
+    clock: Clock,
+) -> View:
+    """Everything built from one config; logouts (``REVOCATIONS``) carry over."""
+    auth = CallerAuth(config, revocations=app[REVOCATIONS])
+    passthrough = None
+    if any(t.passthrough for t in config.teams.values()):
+        client = LookerClient(http, config.looker)
+        passthrough = Passthrough(
+            config,
+            client,
+            sealer=Sealer(config.token_signing_key),
+            revocations=app[REVOCATIONS],
+            raw=Recheck(looker_check(config, client), clock=clock),
+            clock=clock,
+        )
+    return View.build(config, auth, sessions, http, metrics, passthrough)
 
 
 def local_providers(

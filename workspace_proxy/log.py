@@ -1,8 +1,9 @@
 """Logging: structlog configured once (by the CLI), JSON lines off a terminal, secrets redacted.
 
 ``redact_secrets`` is the last line of defence: values under secret-looking keys are masked and
-any proxy token, ``token X``/``Bearer X`` credential or ``client_secret=`` pair inside a string
-is cut out, whatever logged it (our code, aiohttp or a library).
+any proxy token (signed ``wp1.`` or sealed ``wp2.``), ``token X``/``Bearer X`` credential or
+``client_secret=`` pair inside a string is cut out, whatever logged it (our code, aiohttp or a
+library).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ _SECRET_KEYS: Final = re.compile(
 _SECRET_TEXT: Final = re.compile(
     r"(?i)(\b(?:token|bearer)\s+)[A-Za-z0-9._~+/=-]{8,}"
     r"|\bwp1\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+"
+    r"|\bwp2\.[A-Za-z0-9_-]{8,}"
     r"|((?:client_secret|access_token|client_id)=)[^&\s\"']+"
 )
 MASK: Final = "[redacted]"

@@ -205,6 +205,33 @@ class LookerClient:
             if isinstance(c, dict) and isinstance(c.get("client_id"), str)
         ]
 
+    async def session_state(
+        self, token: Secret, project: str | None
+    ) -> tuple[str | None, str | None]:
+        """(workspace, checked-out branch of ``project`` or None) of a session, read back
+        (``GET /session``, ``GET /projects/{id}/git_branch``). Unauthenticated on a 401."""
+        session = await self._call(
+            "GET",
+            "/session",
+            what="GET /session",
+            error=PinFailed,
+            kind=lambda status: "unauthenticated" if status == 401 else f"verify_{status}",
+            token=token,
+        )
+        workspace = session.get("workspace_id")
+        branch = None
+        if project is not None:
+            answer = await self._call(
+                "GET",
+                f"/projects/{quote(project, safe='')}/git_branch",
+                what=f"GET /projects/{project}/git_branch",
+                error=PinFailed,
+                kind=lambda status: "unauthenticated" if status == 401 else f"branch_{status}",
+                token=token,
+            )
+            branch = answer.get("name") if isinstance(answer.get("name"), str) else None
+        return (workspace if isinstance(workspace, str) else None), branch
+
     async def _session(self, token: Secret) -> dict[str, Any]:
         return await self._call(
             "GET",

@@ -1,132 +1,165 @@
 """Passthrough mode: callers bring their own Looker credentials; the proxy pins their sessions.
 
 A caller's ``POST /login`` is forwarded to Looker; the new session is PATCHed to the team's
-workspace (and branch) and verified before its token is handed back. A token the proxy has not
-seen (another replica, a restart) is identified (``GET /user``: its API client id names the team)
-and pinned on first sight, before anything is forwarded with it. What was verified is cached by
-token fingerprint for a bounded time, so replicas stay stateless.
+workspace (and branch) and verified, then sealed into a proxy token (``sealed``): the caller
+gets a ``wp2.`` token and never Looker's, so it cannot move the session behind the proxy's back.
+A sealed token is opened on every call (no Looker call, no shared state: replicas stay
+stateless); a logout revokes its id and ends the Looker session. A raw Looker token the caller
+got elsewhere is pinned on first sight and re-verified at a short interval (``firstsight``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import secrets
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Final
 
 import structlog
 
+from workspace_proxy.auth import IssuedToken
 from workspace_proxy.config import Config, Secret, TeamConfig
-from workspace_proxy.errors import Forbidden, LoginFailed, NotFound
-from workspace_proxy.flight import SingleFlight
+from workspace_proxy.errors import LoginFailed, NotFound, Unauthenticated
+from workspace_proxy.firstsight import Recheck, pin
 from workspace_proxy.looker import LookerClient, LookerToken
-from workspace_proxy.tokens import Clock, PinnedSession, deadlines, fingerprint
+from workspace_proxy.revocations import Revocations
+from workspace_proxy.sealed import SealedSession, Sealer, is_sealed
+from workspace_proxy.tokens import Clock, PinnedSession, fingerprint
 
 log = structlog.get_logger("workspace_proxy.passthrough")
-REVERIFY_S: Final = 600.0
-"""A token pinned on first sight (lifetime unknown) is verified again after this long."""
-_CACHE_MAX: Final = 10_000
 
 
 @dataclass(frozen=True, slots=True)
 class Pinned:
+    """A passthrough caller's team and pinned Looker session (``sealed``: from a ``wp2.``
+    token; None for a raw Looker token)."""
+
     team: TeamConfig
     session: PinnedSession
+    sealed: SealedSession | None = None
+
+
+def _branch(team: TeamConfig) -> str | None:
+    return f"{team.git_branch.project}/{team.git_branch.name}" if team.git_branch else None
 
 
 class Passthrough:
-    """Pinned sessions of passthrough callers, keyed by token fingerprint."""
+    """Logins, sudo, logouts and the pinned sessions of passthrough callers."""
 
-    def __init__(self, config: Config, client: LookerClient, *, clock: Clock = time.monotonic):
+    def __init__(
+        self,
+        config: Config,
+        client: LookerClient,
+        *,
+        sealer: Sealer,
+        revocations: Revocations,
+        raw: Recheck,
+        clock: Clock = time.monotonic,
+        wall: Clock = time.time,
+    ) -> None:
+        """``raw`` verifies raw Looker tokens (here, or in the supervisor); ``wall`` dates
+        sealed tokens (they outlive this process), ``clock`` everything else."""
         self._config = config
         self._client = client
+        self._sealer = sealer
+        self._revocations = revocations
+        self._raw = raw
         self._clock = clock
-        self._known: OrderedDict[str, Pinned] = OrderedDict()
-        self._flights: dict[str, SingleFlight[Pinned]] = {}
+        self._wall = wall
 
     def team_for_login(self, client_id: str | None) -> TeamConfig | None:
         return self._config.passthrough_team(client_id) if client_id else None
 
-    async def login(self, team: TeamConfig, client_id: str, client_secret: str) -> LookerToken:
-        """Forward the caller's login, pin the new session, then hand the token back."""
+    async def login(self, team: TeamConfig, client_id: str, client_secret: str) -> IssuedToken:
+        """Forward the caller's login, pin the new session, then seal it into a proxy token."""
+        started = self._wall()
         try:
             login = await self._client.login(Secret(client_id), Secret(client_secret))
         except LoginFailed as exc:
             if exc.kind == "rejected":
                 raise NotFound() from None  # Looker's own answer to wrong credentials
             raise
-        await self._pin(login.token, team)
-        self._remember(login.token, team, login.expires_in)
+        await self._pin_new(login, team)
         log.info("passthrough_login", team=team.name, session=fingerprint(login.token))
-        return login
+        return self._seal(team, login, started, sudo=None)
 
-    async def sudo(self, token: Secret, user_id: str, team: TeamConfig) -> LookerToken:
-        """Forward the caller's sudo login and pin the new session before handing it back."""
-        login = await self._client.login_user(token, user_id)
-        await self._pin(login.token, team)
-        self._remember(login.token, team, login.expires_in)
-        return login
+    async def sudo(self, caller: Pinned, user_id: str) -> IssuedToken:
+        """Forward the caller's sudo login, pin the new session, seal it (acting as user_id)."""
+        started = self._wall()
+        login = await self._client.login_user(caller.session.token, user_id)
+        await self._pin_new(login, caller.team)
+        log.info("passthrough_sudo", team=caller.team.name, session=fingerprint(login.token))
+        return self._seal(caller.team, login, started, sudo=user_id)
 
     async def resolve(self, token: Secret) -> Pinned:
-        """The team and pinned session of a caller's Looker token, pinning it on first sight."""
-        key = fingerprint(token)
-        known = self._known.get(key)
-        if known is not None and self._clock() < known.session.usable_until:
-            return known
-        flight = self._flights.get(key)
-        if flight is None:
-
-            def landed(_: BaseException | None) -> None:
-                self._flights.pop(key, None)
-
-            flight = self._flights[key] = SingleFlight(landed)
-        return await flight.join(lambda: self._first_sight(token))
-
-    def forget(self, token: Secret) -> None:
-        """Looker rejected the token, or the caller logged out."""
-        self._known.pop(fingerprint(token), None)
-
-    async def _first_sight(self, token: Secret) -> Pinned:
-        client_ids = await self._client.identify(token)
-        team = next(
-            (t for cid in client_ids if (t := self._config.passthrough_team(cid)) is not None),
-            None,
-        )
-        if team is None:
-            raise Forbidden(
-                "workspace-proxy: this Looker user is not configured for any passthrough team."
-            )
-        await self._pin(token, team)
-        log.info("passthrough_pinned_on_first_sight", team=team.name, session=fingerprint(token))
-        return self._remember(token, team, None)
-
-    async def _pin(self, token: Secret, team: TeamConfig) -> None:
-        await self._client.pin(token, team.workspace)
-        if team.git_branch is not None:
-            await self._client.checkout(token, team.git_branch.project, team.git_branch.name)
-
-    def _remember(self, token: Secret, team: TeamConfig, expires_in: int | None) -> Pinned:
+        """The team and pinned session behind a caller's sealed or raw Looker token."""
+        if is_sealed(token.reveal()):
+            return self._open(token)
+        verified = await self._raw.verify(token)
         now = self._clock()
-        if expires_in is None:
-            refresh_at = usable_until = now + REVERIFY_S
+        return Pinned(verified.team, self._session(token, verified.team, now + verified.valid_for))
+
+    async def logout(self, caller: Pinned) -> None:
+        """The caller logs out: a sealed token is revoked (on every worker, before this
+        returns); the Looker session itself is ended by forwarding the logout."""
+        if caller.sealed is not None:
+            await self._revocations.revoke(caller.sealed.token_id, caller.sealed.expires_at)
         else:
-            refresh_at, usable_until = deadlines(now, expires_in)
-        key = fingerprint(token)
-        pinned = Pinned(
-            team,
-            PinnedSession(
-                token=token,
-                team=team.name,
-                workspace=team.workspace,
-                generation=0,
-                fingerprint=key,
-                pinned_at=now,
-                refresh_at=refresh_at,
-                usable_until=usable_until,
-            ),
+            self._raw.forget(caller.session.token)
+
+    def forget(self, caller: Pinned) -> None:
+        """Looker rejected the caller's session (401): it must log in again."""
+        if caller.sealed is None:
+            self._raw.forget(caller.session.token)
+
+    def _open(self, token: Secret) -> Pinned:
+        sealed = self._sealer.open(token.reveal())
+        team = self._config.teams.get(sealed.team)
+        if (
+            sealed.token_id in self._revocations
+            or team is None
+            or not team.passthrough
+            or team.workspace != sealed.workspace
+            or _branch(team) != sealed.branch
+            or (sealed.sudo is not None and not team.allow_sudo)
+        ):
+            # Logged out, or the team is gone, managed now, or pinned elsewhere since.
+            raise Unauthenticated()
+        left = sealed.expires_at - self._wall()
+        return Pinned(team, self._session(sealed.looker_token, team, self._clock() + left), sealed)
+
+    async def _pin_new(self, login: LookerToken, team: TeamConfig) -> None:
+        try:
+            await pin(self._client, login.token, team)
+        except BaseException:
+            # Never leave an unpinned session behind; the caller never sees it.
+            await asyncio.shield(self._client.logout(login.token))
+            raise
+
+    def _seal(
+        self, team: TeamConfig, login: LookerToken, started: float, *, sudo: str | None
+    ) -> IssuedToken:
+        ttl = min(login.expires_in, self._config.caller_token_ttl_s)
+        sealed = SealedSession(
+            team=team.name,
+            looker_token=login.token,
+            expires_at=int(started) + ttl,
+            token_id=secrets.token_urlsafe(12),
+            workspace=team.workspace,
+            branch=_branch(team),
+            sudo=sudo,
         )
-        self._known[key] = pinned
-        self._known.move_to_end(key)
-        while len(self._known) > _CACHE_MAX:
-            self._known.popitem(last=False)
-        return pinned
+        return IssuedToken(self._sealer.seal(sealed), ttl)
+
+    def _session(self, token: Secret, team: TeamConfig, usable_until: float) -> PinnedSession:
+        now = self._clock()
+        return PinnedSession(
+            token=token,
+            team=team.name,
+            workspace=team.workspace,
+            generation=0,
+            fingerprint=fingerprint(token),
+            pinned_at=now,
+            refresh_at=usable_until,
+            usable_until=usable_until,
+        )

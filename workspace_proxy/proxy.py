@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from workspace_proxy.auth import CallerAuth, access_token_json, bearer_value, is_proxy_token
+from workspace_proxy.auth import CallerAuth, bearer_value, is_proxy_token
 from workspace_proxy.config import WORKSPACES, Config, Secret, TeamConfig
 from workspace_proxy.errors import (
     BadRequest,
@@ -108,12 +108,10 @@ class View:
         sessions: TokenManager,
         http: aiohttp.ClientSession,
         events: SessionEvents | None = None,
+        passthrough: Passthrough | None = None,
     ) -> View:
         timeouts = config.looker.timeouts
         client = LookerClient(http, config.looker)
-        passthrough = None
-        if any(t.passthrough for t in config.teams.values()):
-            passthrough = Passthrough(config, client)
         return cls(
             config=config,
             auth=auth,
@@ -255,16 +253,17 @@ async def _passthrough(
     passthrough: Passthrough,
     token: Secret,
 ) -> web.StreamResponse:
-    """A passthrough caller's own Looker token: pinned (on first sight if need be), then the
-    same policy as for managed teams; logout ends the caller's own Looker session."""
+    """A passthrough caller's sealed token (or a raw Looker token, pinned on first sight and
+    re-verified): the same policy as for managed teams; logout revokes the sealed token and
+    ends the caller's Looker session."""
     pinned = await passthrough.resolve(token)
     request[INFO].team = pinned.team.name
     provider = _CallerSession(pinned, passthrough)
     if route.action is Action.SUDO and pinned.team.allow_sudo:
-        login = await passthrough.sudo(token, _sudo_user(route), pinned.team)
-        return web.json_response(access_token_json(login.token, login.expires_in))
+        issued = await passthrough.sudo(pinned, _sudo_user(route))
+        return web.json_response(issued.as_looker_json())
     if route.action is Action.LOGOUT:
-        passthrough.forget(token)
+        await passthrough.logout(pinned)
         logout = Route(
             Action.FORWARD, f"/api/{view.config.looker.api_versions[0]}/logout", "logout"
         )
@@ -329,7 +328,7 @@ class _CallerSession:
         return self._pinned.session
 
     async def replace(self, stale: PinnedSession) -> PinnedSession:
-        self._passthrough.forget(stale.token)
+        self._passthrough.forget(self._pinned)
         raise Unauthenticated()
 
     async def close(self, *, wait: bool = False) -> None:
@@ -338,7 +337,7 @@ class _CallerSession:
 
 async def _login(request: web.Request, view: View) -> web.Response:
     """The caller's own login, answered like Looker would: a proxy token for a proxy caller; for
-    a passthrough team's Looker client id, Looker's own token once its session is pinned."""
+    a passthrough team's Looker client id, a sealed proxy token once its session is pinned."""
     form: dict[str, str] = {}
     if request.can_read_body:
         if (request.content_length or 0) > _SMALL_BODY:
@@ -351,8 +350,8 @@ async def _login(request: web.Request, view: View) -> web.Response:
     team = view.passthrough.team_for_login(client_id) if view.passthrough else None
     if view.passthrough is not None and team is not None and client_id:
         request[INFO].team = team.name
-        login = await view.passthrough.login(team, client_id, client_secret or "")
-        return web.json_response(access_token_json(login.token, login.expires_in))
+        issued = await view.passthrough.login(team, client_id, client_secret or "")
+        return web.json_response(issued.as_looker_json())
     issued = view.auth.login(client_id, client_secret)
     return web.json_response(issued.as_looker_json())
 
