@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import socket
 import tempfile
@@ -141,3 +143,152 @@ async def test_worker_sockets_live_in_the_supervisors_runtime_dir(
     finally:
         await proc.kill()
     assert _ours() == before
+
+
+# --- sharing between the workers of one instance (issue 17, L1) -------------------------------
+
+PT_TEAM = {"mode": "passthrough", "workspace": "dev", "looker_client_ids": ["marketing-client-id"]}
+MARKETING = {"client_id": "marketing-client-id", "client_secret": "marketing-client-secret"}
+
+
+def _fresh() -> aiohttp.ClientSession:
+    """New connection per call: SO_REUSEPORT spreads them over the workers."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True, limit=0))
+
+
+async def _statuses(http: aiohttp.ClientSession, url: str, token: str, n: int) -> list[int]:
+    async def one() -> int:
+        headers = {"Authorization": f"token {token}"}
+        async with http.get(f"{url}/api/4.0/user", headers=headers) as resp:
+            await resp.read()
+            return resp.status
+
+    return [await one() for _ in range(n)]
+
+
+def _served_by(proc: ProxyProcess) -> set[int]:
+    return {e["worker"] for e in proc.events() if e["event"] == "request" and "worker" in e}
+
+
+async def test_a_logout_holds_on_every_worker(looker: LookerEmulator, tmp_path: Path) -> None:
+    """Once the 204 of a logout is back, the token gets 401 on every worker: a managed proxy
+    token and a sealed passthrough token, 40 calls each on fresh connections (16 of 40
+    succeeded when only the worker that saw the logout knew). A sealed token is refused by the
+    proxy itself, without reaching Looker."""
+    raw = raw_config(looker.base_url, teams=("analytics",))
+    raw["teams"]["bi"] = PT_TEAM
+    proc = await ProxyProcess.start(raw, tmp_path, "--workers", "2")
+    try:
+        await proc.wait_for_event("listening", count=2)
+        async with _fresh() as http:
+            managed = await _login(http, proc.url, "analytics")
+            async with http.post(f"{proc.url}/api/4.0/login", data=MARKETING) as resp:
+                sealed = str((await resp.json())["access_token"])
+            for token in (managed, sealed):
+                assert await _statuses(http, proc.url, token, 10) == [200] * 10
+            for token in (managed, sealed):
+                headers = {"Authorization": f"token {token}"}
+                async with http.delete(f"{proc.url}/api/logout", headers=headers) as resp:
+                    assert resp.status == 204
+            mark = len(looker.audit)
+            for token in (managed, sealed):
+                assert await _statuses(http, proc.url, token, 40) == [401] * 40
+            assert looker.audit[mark:] == [], "refused by the proxy, nothing forwarded"
+        assert await proc.stop() == 0
+    finally:
+        await proc.kill()
+    assert len(_served_by(proc)) == 2, "both workers took calls"
+
+
+async def test_a_restarted_worker_knows_earlier_logouts(
+    looker: LookerEmulator, tmp_path: Path
+) -> None:
+    """A worker killed after a logout is restarted by the supervisor and loads the
+    revocations before it serves: the logged-out token still gets 401 everywhere."""
+    raw = raw_config(looker.base_url, teams=("analytics",))
+    proc = await ProxyProcess.start(raw, tmp_path, "--workers", "2")
+    try:
+        await proc.wait_for_event("listening", count=2)
+        workers = [e["worker"] for e in proc.events() if e["event"] == "listening"]
+        async with _fresh() as http:
+            token = await _login(http, proc.url, "analytics")
+            headers = {"Authorization": f"token {token}"}
+            async with http.delete(f"{proc.url}/api/logout", headers=headers) as resp:
+                assert resp.status == 204
+            os.kill(workers[0], signal.SIGKILL)
+            await proc.wait_for_event("listening", count=3)
+            assert await _statuses(http, proc.url, token, 40) == [401] * 40
+            restarted = {e["worker"] for e in proc.events() if e["event"] == "listening"}
+            assert restarted - set(workers), "a new worker serves"
+        assert await proc.stop() == 0
+    finally:
+        await proc.kill()
+
+
+async def test_first_sight_of_a_raw_token_is_one_pin_for_the_instance(
+    looker: LookerEmulator, tmp_path: Path
+) -> None:
+    """30 concurrent first calls with one raw Looker token over 2 workers: it is identified
+    and pinned once for the whole instance (each worker used to PATCH on its own)."""
+    raw = raw_config(looker.base_url, teams=("analytics",))
+    raw["teams"]["bi"] = PT_TEAM
+    proc = await ProxyProcess.start(raw, tmp_path, "--workers", "2")
+    try:
+        await proc.wait_for_event("listening", count=2)
+        async with _fresh() as http:
+            async with http.post(f"{looker.base_url}/api/4.0/login", data=MARKETING) as resp:
+                token = str((await resp.json())["access_token"])
+            headers = {"Authorization": f"token {token}"}
+
+            async def one() -> str:
+                async with http.get(f"{proc.url}/api/4.0/looks/1", headers=headers) as resp:
+                    assert resp.status == 200, await resp.text()
+                    return str((await resp.json())["title"])
+
+            titles = await asyncio.gather(*(one() for _ in range(30)))
+        assert set(titles) == {"Revenue (dev)"}
+        assert await proc.stop() == 0
+    finally:
+        await proc.kill()
+    assert len(_served_by(proc)) == 2, "both workers took calls"
+    patches = [e for e in looker.audit if e.method == "PATCH" and e.path.endswith("/session")]
+    assert len(patches) == 1
+    assert len(looker.audit_paths("/user")) == 1
+
+
+async def test_a_worker_that_cannot_take_a_logout_is_replaced(
+    looker: LookerEmulator, tmp_path: Path
+) -> None:
+    """A worker that does not acknowledge a revocation in time (here: stopped with SIGSTOP) is
+    killed before the logout is answered, and restarted; the token gets 401 everywhere."""
+    raw = raw_config(looker.base_url, teams=("analytics",))
+    proc = await ProxyProcess.start(raw, tmp_path, "--workers", "2")
+    workers: list[int] = []
+    try:
+        await proc.wait_for_event("listening", count=2)
+        workers = [e["worker"] for e in proc.events() if e["event"] == "listening"]
+        async with _fresh() as http:
+            token = await _login(http, proc.url, "analytics")
+            headers = {"Authorization": f"token {token}"}
+            os.kill(workers[0], signal.SIGSTOP)
+            status = 0
+            for _ in range(20):  # a connection the stopped worker accepted is never answered
+                with contextlib.suppress(TimeoutError):
+                    async with http.delete(
+                        f"{proc.url}/api/logout",
+                        headers=headers,
+                        timeout=aiohttp.ClientTimeout(total=5),
+                    ) as resp:
+                        status = resp.status
+                        break
+            assert status == 204
+            await proc.wait_for_event("revocation_not_acknowledged")
+            assert await _statuses(http, proc.url, token, 40) == [401] * 40
+            await proc.wait_for_event("listening", count=3)
+            assert await _statuses(http, proc.url, token, 40) == [401] * 40
+        assert await proc.stop() == 0
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        await proc.kill()

@@ -19,7 +19,7 @@ from aiohttp import web
 from workspace_proxy.auth import CallerAuth
 from workspace_proxy.config import Config
 from workspace_proxy.errors import ProxyError
-from workspace_proxy.firstsight import Recheck, looker_check
+from workspace_proxy.firstsight import Check, Recheck, looker_check
 from workspace_proxy.log import access as access_log
 from workspace_proxy.looker import LookerClient
 from workspace_proxy.metrics import CONTENT_TYPE_LATEST, Metrics
@@ -37,6 +37,7 @@ from workspace_proxy.proxy import (
 )
 from workspace_proxy.revocations import Revocations
 from workspace_proxy.sealed import Sealer
+from workspace_proxy.sharing import WorkerLink
 from workspace_proxy.tokens import (
     Clock,
     ProviderFactory,
@@ -55,6 +56,8 @@ DRAINING: Final = web.AppKey("workspace_proxy_draining", list[bool])
 Providers = Callable[[aiohttp.ClientSession, Config, Clock, Metrics], ProviderFactory]
 PROVIDERS: Final = web.AppKey[Providers]("workspace_proxy_providers")
 REVOCATIONS: Final = web.AppKey("workspace_proxy_revocations", Revocations)
+LINK: Final = web.AppKey("workspace_proxy_link", WorkerLink)
+"""A worker's link to its supervisor (``--workers``); absent in a single process."""
 """Logged-out token ids (proxy and sealed tokens): one list for the app's life, kept across
 reloads, shared with the other workers of an instance (``sharing``)."""
 _REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -149,6 +152,10 @@ def upstream_session(config: Config) -> aiohttp.ClientSession:
 def _resources(clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]:
     async def resources(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
+        link = app.get(LINK)
+        if link is not None:
+            # Every logout of the instance is known here before the first caller is served.
+            await link.start(app[REVOCATIONS])
         async with upstream_session(config) as http:
             sessions = TokenManager(
                 config.managed_teams, app[PROVIDERS](http, config, clock, app[METRICS])
@@ -162,6 +169,8 @@ def _resources(clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]
             app[METRICS].in_flight_now = lambda: state.in_flight
             yield
             await state.view.sessions.close()
+        if link is not None:
+            await link.close()
 
     return resources
 
@@ -221,10 +230,16 @@ def _view(
             client,
             sealer=Sealer(config.token_signing_key),
             revocations=app[REVOCATIONS],
-            raw=Recheck(looker_check(config, client), clock=clock),
+            raw=Recheck(_raw_check(app, config, client), clock=clock),
             clock=clock,
         )
     return View.build(config, auth, sessions, http, metrics, passthrough)
+
+
+def _raw_check(app: web.Application, config: Config, client: LookerClient) -> Check:
+    """Raw passthrough tokens are verified by the supervisor (``--workers``) or here."""
+    link = app.get(LINK)
+    return link.check(config) if link is not None else looker_check(config, client)
 
 
 def local_providers(
@@ -242,17 +257,21 @@ def create_app(
     clock: Clock = time.monotonic,
     metrics: Metrics | None = None,
     providers: Providers = local_providers,
+    link: WorkerLink | None = None,
 ) -> web.Application:
     """The proxy application for one validated config.
 
     ``providers`` decides where pinned sessions come from: this process (default) or, for
-    ``--workers``, the supervisor's session broker."""
+    ``--workers``, the supervisor's session broker; ``link`` (``--workers``) shares logouts and
+    raw passthrough tokens' verification with the other workers."""
     app = web.Application(middlewares=[edge])
     app[CONFIG] = config
     app[PROVIDERS] = providers
     app[METRICS] = metrics or Metrics()
     app[DRAINING] = [False]
     app[REVOCATIONS] = Revocations()
+    if link is not None:
+        app[LINK] = link
     app.cleanup_ctx.append(_resources(clock))
     app.on_response_prepare.append(_add_request_id)
     app.router.add_route("*", "/{tail:.*}", handle, expect_handler=no_early_continue)

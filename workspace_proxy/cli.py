@@ -235,10 +235,12 @@ async def serve(
     )
     from workspace_proxy.broker import BrokerClient
     from workspace_proxy.front import FrontSite
+    from workspace_proxy.sharing import WorkerLink
 
     logger = structlog.get_logger("workspace_proxy")
     client = BrokerClient(broker, timeout_s=config.looker.retry.deadline_s + 5) if broker else None
-    app = create_app(config, providers=client or local_providers)
+    link = WorkerLink(broker, timeout_s=config.looker.retry.deadline_s + 5) if broker else None
+    app = create_app(config, providers=client or local_providers, link=link)
     if client is not None:
         app.on_cleanup.append(client.close)
     runner = web.AppRunner(

@@ -1,7 +1,8 @@
 """``serve --workers N``: N worker processes share the proxy port (SO_REUSEPORT).
 
 The supervisor owns what must be shared: the pinned Looker sessions (served to workers by the
-broker on a Unix socket, so logins stay single-flight across processes), the admin listener
+broker on a Unix socket, so logins stay single-flight across processes), logouts and the
+verification of raw passthrough tokens (``sharing``), the admin listener
 (health, readiness from its sessions, metrics summed over all processes) and the signals
 (SIGTERM/SIGINT drain every worker; SIGHUP reloads itself, then the workers). A worker that dies
 is restarted. All workers accept the same proxy tokens: they share the signing key.
@@ -27,7 +28,10 @@ from workspace_proxy.app import create_admin_app, local_providers, upstream_sess
 from workspace_proxy.broker import create_broker_app
 from workspace_proxy.config import Config, load_config
 from workspace_proxy.errors import ConfigError
+from workspace_proxy.firstsight import Recheck, looker_check
+from workspace_proxy.looker import LookerClient
 from workspace_proxy.metrics import Metrics
+from workspace_proxy.sharing import Hub
 from workspace_proxy.tokens import TokenManager, close_all
 
 log = structlog.get_logger("workspace_proxy.supervisor")
@@ -45,6 +49,7 @@ class Supervisor:
         self.stopping = False
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.manager: TokenManager | None = None
+        self.hub = Hub(self._evict)
 
     def _worker_argv(self) -> list[str]:
         c = self.config
@@ -77,6 +82,20 @@ class Supervisor:
             log.error("worker_exited", worker=index, pid=proc.pid, code=code)
             await asyncio.sleep(_RESTART_DELAY_S)
 
+    async def _evict(self, pid: int) -> None:
+        """A worker that did not take a revocation in time is killed (and restarted), so it
+        can never accept a logged-out token."""
+        for proc in list(self.procs.values()):
+            if proc.pid == pid and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+    def _raw_tokens(self, http: aiohttp.ClientSession, config: Config) -> Recheck | None:
+        """Raw passthrough tokens' verification, once for the instance (None: no such team)."""
+        if not any(t.passthrough for t in config.teams.values()):
+            return None
+        return Recheck(looker_check(config, LookerClient(http, config.looker)))
+
     def _signal_workers(self, sig: int) -> None:
         for proc in self.procs.values():
             if proc.returncode is None:
@@ -96,6 +115,7 @@ class Supervisor:
             new.managed_teams, factory, same_looker=same_looker
         )
         self.config = new
+        self.hub.raw = self._raw_tokens(http, new)
         log.info("config_reloaded", teams=sorted(new.teams))
         self._signal_workers(signal.SIGHUP)
         await close_all(retired, wait=True)
@@ -111,7 +131,10 @@ class Supervisor:
                 self.config.managed_teams,
                 local_providers(http, self.config, time.monotonic, self.metrics),
             )
-            broker = web.AppRunner(create_broker_app(lambda: self._manager()), access_log=None)
+            self.hub.raw = self._raw_tokens(http, self.config)
+            broker_app = create_broker_app(lambda: self._manager())
+            self.hub.add_routes(broker_app)
+            broker = web.AppRunner(broker_app, access_log=None)
             admin = web.AppRunner(
                 create_admin_app(
                     sessions=lambda: self._manager().teams(),
@@ -122,11 +145,13 @@ class Supervisor:
             )
             await broker.setup()
             await admin.setup()
-            runners = [asyncio.create_task(self._run_worker(i)) for i in range(self.workers)]
+            runners: list[asyncio.Task[None]] = []
             codes: list[int | None] = []
             try:
                 await web.UnixSite(broker, self.socket).start()
                 os.chmod(self.socket, 0o600)
+                # Workers register with the broker before they serve: it listens first.
+                runners = [asyncio.create_task(self._run_worker(i)) for i in range(self.workers)]
                 await web.TCPSite(
                     admin,
                     self.config.admin.host,
