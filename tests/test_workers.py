@@ -117,32 +117,39 @@ async def test_workers_exit_when_the_supervisor_is_killed(
         s.bind(("127.0.0.1", proc.port))  # nobody listens there any more
 
 
-def _ours() -> set[Path]:
-    return set(Path(tempfile.gettempdir()).glob("workspace-proxy-*"))
-
-
 def _fronts(runtime: Path) -> list[tuple[bool, int]]:
     """(holds the app's socket, permissions) of each front directory in ``runtime``."""
     found = runtime.glob("workspace-proxy-front-*")
     return [((f / "app.sock").is_socket(), f.stat().st_mode & 0o777) for f in found]
 
 
+def _runtime_dir(proc: ProxyProcess) -> Path:
+    """The supervisor's runtime directory, as its workers were told (their --broker)."""
+    worker = next(e["worker"] for e in proc.events() if e["event"] == "listening")
+    argv = Path(f"/proc/{worker}/cmdline").read_bytes().split(b"\0")
+    return Path(argv[argv.index(b"--broker") + 1].decode()).parent
+
+
 async def test_worker_sockets_live_in_the_supervisors_runtime_dir(
     looker: LookerEmulator, tmp_path: Path
 ) -> None:
     """Each worker's private socket directory (front to app) is made inside the supervisor's
-    runtime directory, which the supervisor removes at exit: nothing is left in /tmp."""
-    before = _ours()
+    runtime directory, named after the supervisor's pid, which the supervisor removes at exit:
+    nothing of this instance is left in /tmp."""
     proc = await ProxyProcess.start(raw_config(looker.base_url), tmp_path, "--workers", "2")
     try:
         await proc.wait_for_event("listening", count=2)
-        made = _ours() - before
-        assert len(made) == 1, made  # the supervisor's runtime directory only
-        assert _fronts(made.pop()) == [(True, 0o700), (True, 0o700)]
+        runtime = _runtime_dir(proc)
+        assert runtime.parent == Path(tempfile.gettempdir())
+        assert runtime.name.startswith(f"workspace-proxy-{proc.proc.pid}-")
+        assert _fronts(runtime) == [(True, 0o700), (True, 0o700)]
+        workers = [e["worker"] for e in proc.events() if e["event"] == "listening"]
+        in_tmp = [runtime.parent.glob(f"workspace-proxy-front-{pid}-*") for pid in workers]
+        assert [list(found) for found in in_tmp] == [[], []]
         assert await proc.stop() == 0
     finally:
         await proc.kill()
-    assert _ours() == before
+    assert not runtime.exists()
 
 
 # --- sharing between the workers of one instance (issue 17, L1) -------------------------------
@@ -292,3 +299,41 @@ async def test_a_worker_that_cannot_take_a_logout_is_replaced(
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
         await proc.kill()
+
+
+async def test_a_killed_supervisors_runtime_dir_is_removed_by_the_next_start(
+    looker: LookerEmulator, tmp_path: Path
+) -> None:
+    """SIGKILL leaves the supervisor's runtime directory behind; the next instance to start
+    removes it (its owner is dead) and leaves a live instance's directory alone."""
+    raw = raw_config(looker.base_url, shutdown={"drain_s": 0.1, "grace_s": 2})
+    for name in ("live", "killed", "next"):
+        (tmp_path / name).mkdir()
+    live = await ProxyProcess.start(raw, tmp_path / "live", "--workers", "2")
+    killed = next_one = None
+    try:
+        await live.wait_for_event("listening", count=2)
+        live_dir = _runtime_dir(live)
+        killed = await ProxyProcess.start(raw, tmp_path / "killed", "--workers", "2")
+        await killed.wait_for_event("listening", count=2)
+        stale = _runtime_dir(killed)
+        assert stale.name.startswith(f"workspace-proxy-{killed.proc.pid}-")
+        killed.proc.kill()
+        await asyncio.wait_for(killed.proc.wait(), 10)
+        assert killed.reader is not None
+        await asyncio.wait_for(killed.reader, 20)  # its workers have exited too
+        assert stale.is_dir(), "SIGKILL left the directory behind"
+        next_one = await ProxyProcess.start(raw, tmp_path / "next", "--workers", "2")
+        await next_one.wait_for_event("listening", count=2)
+        next_dir = _runtime_dir(next_one)
+        assert not stale.exists(), "the stale directory was removed"
+        assert live_dir.is_dir(), "the live instance's directory is untouched"
+        assert _fronts(live_dir) == [(True, 0o700), (True, 0o700)]
+        assert await live.stop() == 0
+        assert await next_one.stop() == 0
+    finally:
+        for proc in (live, killed, next_one):
+            if proc is not None:
+                await proc.kill()
+    assert not live_dir.exists()
+    assert not next_dir.exists()

@@ -164,6 +164,10 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         if workers > 1 and not args.broker:
             return _supervise(config, args.config, workers)
+        if not args.broker:
+            from workspace_proxy.runtime import remove_stale
+
+            remove_stale()  # front directories of killed single-process instances
         run(serve(config, config_path=args.config, broker=args.broker, supervisor=os.getppid()))
     except OSError as exc:
         structlog.get_logger("workspace_proxy").error("cannot_listen", error=str(exc))

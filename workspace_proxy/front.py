@@ -974,7 +974,9 @@ class FrontSite(web.BaseSite):
         app = getattr(self._runner, "app", None)
         assert isinstance(app, web.Application)
         app[STATE].relayed = True
-        self._dir = tempfile.mkdtemp(prefix="workspace-proxy-front-", dir=self._runtime_dir)
+        self._dir = tempfile.mkdtemp(
+            prefix=f"workspace-proxy-front-{os.getpid()}-", dir=self._runtime_dir
+        )
         os.chmod(self._dir, 0o700)
         path = os.path.join(self._dir, "app.sock")
         self._relay_server = await loop.create_unix_server(server, path, backlog=_RELAY_BACKLOG)

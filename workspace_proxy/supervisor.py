@@ -16,7 +16,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 
 import aiohttp
@@ -31,6 +30,7 @@ from workspace_proxy.errors import ConfigError
 from workspace_proxy.firstsight import Recheck, looker_check
 from workspace_proxy.looker import LookerClient
 from workspace_proxy.metrics import Metrics
+from workspace_proxy.runtime import new_runtime_dir, remove_stale, remove_worker_files
 from workspace_proxy.sharing import Hub
 from workspace_proxy.tokens import TokenManager, close_all
 
@@ -40,6 +40,7 @@ _RESTART_DELAY_S = 1.0
 
 class Supervisor:
     def __init__(self, config: Config, *, config_path: str, workers: int, runtime: str) -> None:
+        self.runtime = runtime
         self.config = config
         self.config_path = config_path
         self.workers = workers
@@ -77,6 +78,7 @@ class Supervisor:
             self.procs[index] = proc
             code = await proc.wait()
             multiprocess.mark_process_dead(proc.pid)  # type: ignore[no-untyped-call]
+            remove_worker_files(self.runtime, proc.pid)
             if self.stopping:
                 return
             log.error("worker_exited", worker=index, pid=proc.pid, code=code)
@@ -210,7 +212,9 @@ def run(config: Config, *, config_path: str, workers: int, runtime: str) -> int:
 
 
 def make_runtime_dir() -> str:
-    """A private directory for the broker socket and the multiprocess metrics files."""
-    runtime = tempfile.mkdtemp(prefix="workspace-proxy-")
-    os.makedirs(os.path.join(runtime, "metrics"))
-    return runtime
+    """A private directory for the broker socket and the multiprocess metrics files, named
+    after this process; those of killed instances are removed first."""
+    remove_stale()
+    path = new_runtime_dir()
+    os.makedirs(os.path.join(path, "metrics"))
+    return path
