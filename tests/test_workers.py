@@ -205,6 +205,8 @@ async def test_a_logout_holds_on_every_worker(looker: LookerEmulator, tmp_path: 
     finally:
         await proc.kill()
     assert len(_served_by(proc)) == 2, "both workers took calls"
+    for secret in (managed, sealed, *looker.issued_tokens()):
+        assert not [line for line in proc.lines if secret in line], "a token was logged"
 
 
 async def test_a_restarted_worker_knows_earlier_logouts(
@@ -261,6 +263,7 @@ async def test_first_sight_of_a_raw_token_is_one_pin_for_the_instance(
     patches = [e for e in looker.audit if e.method == "PATCH" and e.path.endswith("/session")]
     assert len(patches) == 1
     assert len(looker.audit_paths("/user")) == 1
+    assert not [line for line in proc.lines if token in line], "the Looker token was logged"
 
 
 async def test_a_worker_that_cannot_take_a_logout_is_replaced(
