@@ -34,10 +34,12 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.revocations
 	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.recovery
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.revocations --samples 200
 	$(BIN)/python -m benchmarks.run --quick
+	$(BIN)/python -m benchmarks.recovery --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

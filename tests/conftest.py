@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from harness import ENV, Proxy, ProxyServer, raw_config
+from harness import ENV, Proxy, ProxyServer, raw_config, timing
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 from spy import SpyLooker
 
@@ -69,7 +69,7 @@ def _make_proxy(aiohttp_client: AiohttpClient) -> MakeProxy:
         for team, settings in (team_settings or {}).items():
             raw["teams"].setdefault(team, {}).update(settings)
         config = parse_config(raw, env={**ENV, **(env_overrides or {})})
-        app = create_app(config, clock=clock) if clock is not None else create_app(config)
+        app = create_app(config) if clock is None else create_app(config, **timing(clock))
         return Proxy(await aiohttp_client(ProxyServer(app)), config)
 
     return make

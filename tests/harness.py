@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import os
 import signal
 import socket
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,16 +42,75 @@ PIN_PATHS = ("/login", "/session", "/logout")
 
 
 class FakeClock:
-    """A clock the test moves by hand (for session expiry, backoff and token lifetimes)."""
+    """A clock the test moves by hand (for session expiry, backoff and token lifetimes).
 
-    def __init__(self, now: float = 1000.0) -> None:
+    ``sleep`` is its virtual sleep: a sleeper wakes once the clock reaches its time. The test
+    may ``advance`` the clock; with ``auto=True`` (the default) the clock also jumps by itself
+    to the earliest sleeper's time once the event loop has been quiet for a while (no sleep
+    started or ended for ``QUIET`` iterations, so loopback I/O in flight lands first): code that
+    waits in this time finishes at once, in the order it would in real time."""
+
+    QUIET = 64
+
+    def __init__(self, now: float = 1000.0, *, auto: bool = True) -> None:
         self.now = now
+        self.auto = auto
+        self.on_advance: Callable[[], None] | None = None
+        """Called each time the clock moves, before sleepers wake (to script what happens at a
+        given time without being a sleeper the clock jumps to)."""
+        self._sleepers: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._count = 0
+        self._epoch = 0
+        self._settling = False
 
     def __call__(self) -> float:
         return self.now
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+        self._wake()
+
+    async def sleep(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._count += 1
+        self._epoch += 1
+        heapq.heappush(self._sleepers, (self.now + max(0.0, seconds), self._count, waiter))
+        if self.auto and not self._settling:
+            self._settling = True
+            loop.call_soon(self._settle, self._epoch, 0)
+        await waiter
+
+    def _settle(self, epoch: int, quiet: int) -> None:
+        loop = asyncio.get_running_loop()
+        if epoch != self._epoch:
+            loop.call_soon(self._settle, self._epoch, 0)
+        elif quiet < self.QUIET:
+            loop.call_soon(self._settle, epoch, quiet + 1)
+        else:
+            live = [s for s in self._sleepers if not s[2].done()]
+            self._settling = False
+            if live:
+                self.now = max(self.now, min(live)[0])
+                self._wake()
+            if any(not s[2].done() for s in self._sleepers):
+                self._settling = True
+                loop.call_soon(self._settle, self._epoch, 0)
+
+    def _wake(self) -> None:
+        if self.on_advance is not None:
+            self.on_advance()
+        while self._sleepers and (self._sleepers[0][0] <= self.now or self._sleepers[0][2].done()):
+            _, _, waiter = heapq.heappop(self._sleepers)
+            if not waiter.done():
+                self._epoch += 1
+                waiter.set_result(None)
+
+
+def timing(clock: Callable[[], float]) -> dict[str, Any]:
+    """``create_app`` arguments for a test clock: a FakeClock brings its own virtual sleep."""
+    sleep = getattr(clock, "sleep", None)
+    return {"clock": clock} if sleep is None else {"clock": clock, "sleep": sleep}
 
 
 class ProxyServer(TestServer):
@@ -84,7 +144,7 @@ def raw_config(
     raw: dict[str, Any] = {
         "looker": {
             "base_url": looker_url,
-            "retry": {"initial_backoff_s": 0.01, "max_backoff_s": 0.05, "deadline_s": 1.0},
+            "retry": {"interval_s": 0.02, "deadline_s": 1.0},
             "timeouts": {"connect_s": 2, "read_s": 30, "session_s": 5},
         },
         "token_signing_key": {"env": "WP_SIGNING_KEY"},

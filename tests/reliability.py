@@ -32,7 +32,7 @@ from typing import Any, Final
 
 import aiohttp
 import pytest
-from harness import ENV, Proxy, ProxyServer, raw_config
+from harness import ENV, Proxy, ProxyServer, raw_config, timing
 from multidict import CIMultiDict
 from pytest_aiohttp import AiohttpClient
 from yarl import URL
@@ -272,7 +272,7 @@ async def serve_proxy(
     for name, keys in (teams or {}).items():
         raw["teams"][name].update(keys)
     config = parse_config(raw, env={**ENV, **(env or {})})
-    app = create_app(config) if clock is None else create_app(config, clock=clock)
+    app = create_app(config) if clock is None else create_app(config, **timing(clock))
     return Proxy(await aiohttp_client(ProxyServer(app)), config)
 
 

@@ -195,7 +195,16 @@ async def test_metrics_and_health_endpoints(looker: LookerEmulator, tmp_path: Pa
                 assert resp.status == 200
             async with http.get(f"{proc.admin_url}/readyz") as resp:
                 assert resp.status == 200
-                assert (await resp.json())["teams"] == {"analytics": True, "finance": True}
+                teams = (await resp.json())["teams"]
+            assert {
+                name: (t["ready"], t["state"], t["workspace"]) for name, t in teams.items()
+            } == {
+                "analytics": (True, "idle", "dev"),
+                "finance": (True, "ok", "production"),
+            }
+            assert teams["finance"]["generation"] == 1
+            assert teams["finance"]["pin_attempts"] == 1
+            assert teams["finance"]["next_attempt_in_s"] is None
             async with http.get(f"{proc.admin_url}/metrics") as resp:
                 text = await resp.text()
     finally:
@@ -206,6 +215,9 @@ async def test_metrics_and_health_endpoints(looker: LookerEmulator, tmp_path: Pa
         in text
     )
     assert "workspace_proxy_upstream_latency_seconds_bucket" in text
+    assert 'workspace_proxy_pin_attempts_total{outcome="ok",team="finance"} 1.0' in text
+    assert 'workspace_proxy_team_state{state="ok",team="finance"} 1.0' in text
+    assert 'workspace_proxy_team_state{state="idle",team="analytics"} 1.0' in text
     assert 'workspace_proxy_session_age_seconds{team="finance"}' in text
 
 

@@ -1012,3 +1012,17 @@ def test_mutated_valid_documents_give_config_or_config_error(
             assert secret not in str(result)
     else:
         assert isinstance(result, Config)
+
+
+@pytest.mark.parametrize("key", ["initial_backoff_s", "max_backoff_s"])
+def test_removed_retry_keys_say_what_replaced_them(key: str) -> None:
+    """A 0.1 config with the old backoff keys is refused with a migration hint, once."""
+    problems = problems_of(with_change(f"looker.retry.{key}", 1.0))
+    assert len(problems) == 1
+    assert problems[0].startswith(f"looker.retry.{key}: was removed in 0.2")
+    assert "interval_s" in problems[0]
+
+
+def test_retry_defaults_meet_the_recovery_targets() -> None:
+    """The shipped defaults: an attempt every 2 s on average, calls wait up to 15 s."""
+    assert Retry() == Retry(interval_s=2.0, deadline_s=15.0)

@@ -36,7 +36,7 @@ MakeLooker = Callable[..., Awaitable[LookerEmulator]]
 USER: Final = "/api/4.0/user"
 A, B = "analytics", "finance"
 MATRIX: Final = {
-    "retry": {"initial_backoff_s": 0.05, "max_backoff_s": 0.1, "deadline_s": 0},
+    "retry": {"interval_s": 0.1, "deadline_s": 0},
     "timeouts": {"connect_s": 2, "read_s": 2, "session_s": 2},
 }
 LATER: Final = 60.0

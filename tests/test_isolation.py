@@ -61,7 +61,7 @@ def _reliability_table(pytestconfig: pytest.Config) -> None:
     install(pytestconfig)
 
 
-ONE_ATTEMPT: Final = {"retry": {"initial_backoff_s": 0.05, "max_backoff_s": 0.1, "deadline_s": 0}}
+ONE_ATTEMPT: Final = {"retry": {"interval_s": 0.1, "deadline_s": 0}}
 """Each pin flight makes exactly one attempt, so login attempts can be counted exactly."""
 
 

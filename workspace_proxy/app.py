@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import re
@@ -42,6 +43,7 @@ from workspace_proxy.tokens import (
     Clock,
     ProviderFactory,
     SessionProvider,
+    Sleep,
     TokenManager,
     close_all,
     local_sessions,
@@ -53,13 +55,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CONFIG: Final = web.AppKey("workspace_proxy_config", Config)
 METRICS: Final = web.AppKey("workspace_proxy_metrics", Metrics)
 DRAINING: Final = web.AppKey("workspace_proxy_draining", list[bool])
-Providers = Callable[[aiohttp.ClientSession, Config, Clock, Metrics], ProviderFactory]
+Providers = Callable[[aiohttp.ClientSession, Config, Clock, Sleep, Metrics], ProviderFactory]
 PROVIDERS: Final = web.AppKey[Providers]("workspace_proxy_providers")
 REVOCATIONS: Final = web.AppKey("workspace_proxy_revocations", Revocations)
-LINK: Final = web.AppKey("workspace_proxy_link", WorkerLink)
-"""A worker's link to its supervisor (``--workers``); absent in a single process."""
 """Logged-out token ids (proxy and sealed tokens): one list for the app's life, kept across
 reloads, shared with the other workers of an instance (``sharing``)."""
+LINK: Final = web.AppKey("workspace_proxy_link", WorkerLink)
+"""A worker's link to its supervisor (``--workers``); absent in a single process."""
+CLOCK: Final = web.AppKey[Clock]("workspace_proxy_clock")
+SLEEP: Final = web.AppKey[Sleep]("workspace_proxy_sleep")
 _REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -149,7 +153,7 @@ def upstream_session(config: Config) -> aiohttp.ClientSession:
     )
 
 
-def _resources(clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]:
+def _resources() -> Callable[[web.Application], AsyncIterator[None]]:
     async def resources(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
         link = app.get(LINK)
@@ -158,10 +162,11 @@ def _resources(clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]
             await link.start(app[REVOCATIONS])
         async with upstream_session(config) as http:
             sessions = TokenManager(
-                config.managed_teams, app[PROVIDERS](http, config, clock, app[METRICS])
+                config.managed_teams,
+                app[PROVIDERS](http, config, app[CLOCK], app[SLEEP], app[METRICS]),
             )
             state = ProxyState(
-                view=_view(app, config, sessions, http, app[METRICS], clock),
+                view=_view(app, config, sessions, http, app[METRICS], app[CLOCK]),
                 http=http,
                 metrics=app[METRICS],
             )
@@ -175,7 +180,7 @@ def _resources(clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]
     return resources
 
 
-async def reload(app: web.Application, config: Config, *, clock: Clock = time.monotonic) -> None:
+async def reload(app: web.Application, config: Config) -> None:
     """Swap to a new, already validated config in one step.
 
     Unchanged teams keep their pinned sessions; changed teams re-pin on first use; removed teams
@@ -185,11 +190,11 @@ async def reload(app: web.Application, config: Config, *, clock: Clock = time.mo
     state = app[STATE]
     old = state.view
     same_looker = config.looker == old.config.looker
-    factory = app[PROVIDERS](state.http, config, clock, state.metrics)
+    factory = app[PROVIDERS](state.http, config, app[CLOCK], app[SLEEP], state.metrics)
     sessions, retired = old.sessions.reconfigured(
         config.managed_teams, factory, same_looker=same_looker
     )
-    state.view = _view(app, config, sessions, state.http, state.metrics, clock)
+    state.view = _view(app, config, sessions, state.http, state.metrics, app[CLOCK])
     log.info(
         "config_reloaded",
         kept=sorted(
@@ -243,11 +248,15 @@ def _raw_check(app: web.Application, config: Config, client: LookerClient) -> Ch
 
 
 def local_providers(
-    http: aiohttp.ClientSession, config: Config, clock: Clock, metrics: Metrics
+    http: aiohttp.ClientSession, config: Config, clock: Clock, sleep: Sleep, metrics: Metrics
 ) -> ProviderFactory:
     """Sessions logged in and pinned by this process (one process, or the broker)."""
     return local_sessions(
-        LookerClient(http, config.looker), config.looker.retry, clock=clock, events=metrics
+        LookerClient(http, config.looker),
+        config.looker.retry,
+        clock=clock,
+        sleep=sleep,
+        events=metrics,
     )
 
 
@@ -255,6 +264,7 @@ def create_app(
     config: Config,
     *,
     clock: Clock = time.monotonic,
+    sleep: Sleep = asyncio.sleep,
     metrics: Metrics | None = None,
     providers: Providers = local_providers,
     link: WorkerLink | None = None,
@@ -263,16 +273,19 @@ def create_app(
 
     ``providers`` decides where pinned sessions come from: this process (default) or, for
     ``--workers``, the supervisor's session broker; ``link`` (``--workers``) shares logouts and
-    raw passthrough tokens' verification with the other workers."""
+    raw passthrough tokens' verification with the other workers. ``clock`` and ``sleep`` are the
+    time of session lifetimes and of the waits between attempts to pin (tests move both)."""
     app = web.Application(middlewares=[edge])
     app[CONFIG] = config
+    app[CLOCK] = clock
+    app[SLEEP] = sleep
     app[PROVIDERS] = providers
     app[METRICS] = metrics or Metrics()
     app[DRAINING] = [False]
     app[REVOCATIONS] = Revocations()
     if link is not None:
         app[LINK] = link
-    app.cleanup_ctx.append(_resources(clock))
+    app.cleanup_ctx.append(_resources())
     app.on_response_prepare.append(_add_request_id)
     app.router.add_route("*", "/{tail:.*}", handle, expect_handler=no_early_continue)
     return app
@@ -305,17 +318,15 @@ def create_admin_app(
         teams = sessions()
         if teams is None:
             return web.json_response({"status": "starting"}, status=503)
-        health = {t.team.name: t.healthy for t in teams}
-        ok = all(health.values())
+        health = {t.team.name: {"ready": t.healthy, **t.status().as_json()} for t in teams}
+        ok = all(h["ready"] for h in health.values())
         return web.json_response(
             {"status": "ok" if ok else "degraded", "teams": health}, status=200 if ok else 503
         )
 
     async def render(_: web.Request) -> web.Response:
-        now = time.monotonic()
         for team in sessions() or ():
-            if team.current is not None:
-                metrics.session_age.labels(team.team.name).set(now - team.current.pinned_at)
+            metrics.team_status(team.team.name, team.status())
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     admin = web.Application()

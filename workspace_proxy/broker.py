@@ -19,7 +19,15 @@ from workspace_proxy.config import Config, Secret, TeamConfig
 from workspace_proxy.errors import SessionUnavailable
 from workspace_proxy.flight import SingleFlight
 from workspace_proxy.metrics import Metrics
-from workspace_proxy.tokens import Clock, PinnedSession, ProviderFactory, TokenManager
+from workspace_proxy.tokens import (
+    Clock,
+    PinnedSession,
+    ProviderFactory,
+    Sleep,
+    State,
+    Status,
+    TokenManager,
+)
 
 _RECHECK_S: Final = 1.0
 """After the broker's refresh time, a worker asks at most this often until a new session lands."""
@@ -91,6 +99,22 @@ class RemoteTeamSession:
     def healthy(self) -> bool:
         return not self._failed
 
+    def status(self) -> Status:
+        """What this worker knows (the supervisor's own sessions answer /readyz)."""
+        s = self._current
+        now = self._clock()
+        usable = s is not None and now < s.usable_until
+        state = State.OK if usable else State.BACKING_OFF if self._failed else State.IDLE
+        return Status(
+            state=state,
+            workspace=self._team.workspace,
+            session_age_s=now - s.pinned_at if s is not None and usable else None,
+            generation=s.generation if s is not None and usable else None,
+            next_attempt_in_s=None,
+            last_error=None,
+            attempts=0,
+        )
+
     def ready(self) -> PinnedSession | None:
         s = self._current
         if s is None:
@@ -156,7 +180,12 @@ class BrokerClient:
         self._http: aiohttp.ClientSession | None = None
 
     def __call__(
-        self, http: aiohttp.ClientSession, config: Config, clock: Clock, metrics: Metrics
+        self,
+        http: aiohttp.ClientSession,
+        config: Config,
+        clock: Clock,
+        sleep: Sleep,
+        metrics: Metrics,
     ) -> ProviderFactory:
         return lambda team: RemoteTeamSession(team, self, clock)
 

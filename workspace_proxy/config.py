@@ -64,10 +64,21 @@ class Timeouts:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Retry:
-    initial_backoff_s: float = 0.5
-    max_backoff_s: float = 30.0
+    interval_s: float = 2.0
+    """Mean time between two attempts to pin a team's session while Looker fails: each wait is
+    drawn uniformly from half to one and a half times this (so teams spread out), and is never
+    shorter than Looker's Retry-After. At 2 s a failing team costs Looker at most about 30
+    attempts a minute, and is served again about 1 s (at most 3 s) after Looker heals."""
     deadline_s: float = 15.0
-    """How long one attempt to obtain a pinned session may keep retrying before answering 503."""
+    """How long a call may wait for a pinned session: it waits for the attempts due within this
+    and is served by the first that succeeds; otherwise 503 with Retry-After = the next one."""
+
+
+REMOVED_RETRY_KEYS: Final = {
+    "initial_backoff_s": "interval_s",
+    "max_backoff_s": "interval_s",
+}
+"""Keys of ``looker.retry`` removed in 0.2, with their replacement."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -363,16 +374,18 @@ def _looker(raw: object, problems: _Problems) -> LookerConfig | None:
     )
     rpath = _join(path, "retry")
     rraw = _mapping(
-        data.get("retry"), rpath, {"initial_backoff_s", "max_backoff_s", "deadline_s"}, problems
+        data.get("retry"), rpath, {"interval_s", "deadline_s", *REMOVED_RETRY_KEYS}, problems
     )
+    for old in sorted(REMOVED_RETRY_KEYS.keys() & rraw.keys()):
+        problems.add(
+            _join(rpath, old),
+            f"was removed in 0.2: while Looker fails, attempts are spaced evenly by "
+            f"{REMOVED_RETRY_KEYS[old]} (default 2 s) instead of a growing backoff, so a team "
+            f"is served again within seconds of Looker healing; delete this key",
+        )
     r = Retry()
     retry = Retry(
-        initial_backoff_s=_number(
-            rraw, "initial_backoff_s", rpath, r.initial_backoff_s, problems, minimum=0.001
-        ),
-        max_backoff_s=_number(
-            rraw, "max_backoff_s", rpath, r.max_backoff_s, problems, minimum=0.001
-        ),
+        interval_s=_number(rraw, "interval_s", rpath, r.interval_s, problems, minimum=0.01),
         deadline_s=_number(rraw, "deadline_s", rpath, r.deadline_s, problems, minimum=0.0),
     )
     ca_file = data.get("ca_file")

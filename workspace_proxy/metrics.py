@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from workspace_proxy.tokens import State, Status
+
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
@@ -64,6 +66,28 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.pin_attempts = Counter(
+            "workspace_proxy_pin_attempts",
+            "Attempts to pin a team's session (login, PATCH /session, verify, and the logout "
+            "of a failed one); outcome is ok or the failure kind.",
+            ["team", "outcome"],
+            registry=r,
+        )
+        self.team_state = Gauge(
+            "workspace_proxy_team_state",
+            "1 for the state each team's session is in (idle, ok, pinning, backing_off), "
+            "0 for the others.",
+            ["team", "state"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.next_attempt = Gauge(
+            "workspace_proxy_next_pin_attempt_seconds",
+            "Seconds until a backing-off team's next attempt to pin; 0 otherwise.",
+            ["team"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
 
         self._children: dict[tuple[object, ...], Any] = {}
         self._served: dict[tuple[str, str, int], int] = {}
@@ -102,6 +126,17 @@ class Metrics:
 
     def session_event(self, team: str, event: str, outcome: str) -> None:
         self.session_events.labels(team, event, outcome).inc()
+
+    def pin_attempt(self, team: str, outcome: str) -> None:
+        self.pin_attempts.labels(team, outcome).inc()
+
+    def team_status(self, team: str, status: Status) -> None:
+        """Export one team's session status (at each scrape)."""
+        for state in State:
+            self.team_state.labels(team, state.value).set(1 if status.state is state else 0)
+        self.next_attempt.labels(team).set(status.next_attempt_in_s or 0.0)
+        if status.session_age_s is not None:
+            self.session_age.labels(team).set(status.session_age_s)
 
     def render(self) -> bytes:
         self.publish()

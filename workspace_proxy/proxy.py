@@ -49,6 +49,8 @@ from workspace_proxy.tokens import (
     PinnedSession,
     SessionEvents,
     SessionProvider,
+    State,
+    Status,
     SudoSessions,
     TokenManager,
 )
@@ -320,6 +322,18 @@ class _CallerSession:
     @property
     def healthy(self) -> bool:
         return True
+
+    def status(self) -> Status:
+        s = self._pinned.session
+        return Status(
+            state=State.OK,
+            workspace=s.workspace,
+            session_age_s=None,
+            generation=s.generation,
+            next_attempt_in_s=None,
+            last_error=None,
+            attempts=0,
+        )
 
     def ready(self) -> PinnedSession | None:
         return self._pinned.session

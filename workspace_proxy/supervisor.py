@@ -111,7 +111,7 @@ class Supervisor:
             log.error("config_reload_rejected", path=self.config_path, problems=exc.problems)
             return
         new = new.keeping_listeners(self.config)
-        factory = local_providers(http, new, time.monotonic, self.metrics)
+        factory = local_providers(http, new, time.monotonic, asyncio.sleep, self.metrics)
         same_looker = new.looker == self.config.looker
         self.manager, retired = self._manager().reconfigured(
             new.managed_teams, factory, same_looker=same_looker
@@ -131,7 +131,7 @@ class Supervisor:
         async with upstream_session(self.config) as http:
             self.manager = TokenManager(
                 self.config.managed_teams,
-                local_providers(http, self.config, time.monotonic, self.metrics),
+                local_providers(http, self.config, time.monotonic, asyncio.sleep, self.metrics),
             )
             self.hub.raw = self._raw_tokens(http, self.config)
             broker_app = create_broker_app(lambda: self._manager())

@@ -11,12 +11,13 @@ Knows nothing of web requests.
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
 import structlog
 
@@ -27,6 +28,7 @@ from workspace_proxy.looker import LookerToken
 
 log = structlog.get_logger("workspace_proxy.tokens")
 Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class SessionSource(Protocol):
@@ -42,10 +44,14 @@ class SessionEvents(Protocol):
     """Observer for metrics; every method must be cheap and never raise."""
 
     def session_event(self, team: str, event: str, outcome: str) -> None: ...
+    def pin_attempt(self, team: str, outcome: str) -> None: ...
 
 
 class _NoEvents:
     def session_event(self, team: str, event: str, outcome: str) -> None:
+        return None
+
+    def pin_attempt(self, team: str, outcome: str) -> None:
         return None
 
 
@@ -80,15 +86,66 @@ def deadlines(now: float, expires_in: float) -> tuple[float, float]:
     return refresh_at, usable_until
 
 
-def backoff(failures: int, retry: Retry, hinted: float, *, rand: Callable[[], float]) -> float:
-    """Exponential backoff with full jitter in its upper half; never shorter than Retry-After."""
-    ceiling = min(retry.max_backoff_s, retry.initial_backoff_s * 2.0 ** max(0, failures - 1))
-    jittered = ceiling * (0.5 + 0.5 * rand())
-    return max(jittered, hinted)
+def next_wait(retry: Retry, hinted: float, *, rand: Callable[[], float]) -> float:
+    """Seconds from a failed attempt to the next: uniform over half to one and a half times
+    ``retry.interval_s`` (so the mean rate is one attempt per interval, and teams that failed
+    together drift apart), never shorter than Looker's Retry-After."""
+    return max(retry.interval_s * (0.5 + rand()), hinted)
+
+
+class State(enum.Enum):
+    """Where a team's session stands, for /readyz and the metrics."""
+
+    IDLE = "idle"
+    """No session was needed yet (or the last one expired unused)."""
+    OK = "ok"
+    """A pinned session is being handed out."""
+    PINNING = "pinning"
+    """An attempt (login, PATCH, verify) is under way and no session can be handed out."""
+    BACKING_OFF = "backing_off"
+    """The last attempt failed; the next one is due at ``next_attempt_in_s``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """A team's session as an operator sees it (never a token)."""
+
+    state: State
+    workspace: str
+    session_age_s: float | None
+    """Since the session in use was pinned; None without one."""
+    generation: int | None
+    next_attempt_in_s: float | None
+    """When backing off: seconds until the next attempt may start."""
+    last_error: str | None
+    """Why the last attempt failed, when it did."""
+    attempts: int
+    """Attempts to pin so far (each is a login, a PATCH, a verify, and a logout if it failed)."""
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "state": self.state.value,
+            "workspace": self.workspace,
+            "session_age_s": _rounded(self.session_age_s),
+            "generation": self.generation,
+            "next_attempt_in_s": _rounded(self.next_attempt_in_s),
+            "last_error": self.last_error,
+            "pin_attempts": self.attempts,
+        }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 class TeamSession:
-    """The pinned Looker session of one team."""
+    """The pinned Looker session of one team.
+
+    While Looker fails, attempts to pin are spaced by ``retry.interval_s`` on average (see
+    ``next_wait``), however many calls want a session: calls wait for the next attempt when it
+    is due within their ``retry.deadline_s`` and are served by the first that succeeds;
+    otherwise they get 503 with Retry-After = the time to the next attempt. A refusal of the
+    team's credentials (4xx) is not waited for."""
 
     def __init__(
         self,
@@ -97,6 +154,7 @@ class TeamSession:
         retry: Retry,
         *,
         clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
         events: SessionEvents | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -104,13 +162,14 @@ class TeamSession:
         self._source = source
         self._retry = retry
         self._clock = clock
+        self._sleep = sleep
         self._events = events or _NoEvents()
         self._rand = rand
         self._current: PinnedSession | None = None
         self._flight: SingleFlight[PinnedSession] = SingleFlight()
         self._generation = 0
-        self._failures = 0
-        self._retry_at = 0.0
+        self._attempts = 0
+        self._next_attempt = 0.0
         self._last_error: SessionUnavailable | None = None
         self._closed = False
 
@@ -127,34 +186,53 @@ class TeamSession:
             return True
         return self._last_error is None
 
+    def status(self) -> Status:
+        now = self._clock()
+        s = self._current
+        usable = s is not None and now < s.usable_until
+        if usable:
+            state = State.OK
+        elif self._flight.running:
+            state = State.PINNING
+        elif self._last_error is not None:
+            state = State.BACKING_OFF
+        else:
+            state = State.IDLE
+        failing = self._last_error is not None
+        return Status(
+            state=state,
+            workspace=self.team.workspace,
+            session_age_s=now - s.pinned_at if s is not None and usable else None,
+            generation=s.generation if s is not None and usable else None,
+            next_attempt_in_s=max(0.0, self._next_attempt - now) if failing else None,
+            last_error=self._last_error.reason if self._last_error is not None else None,
+            attempts=self._attempts,
+        )
+
     def ready(self) -> PinnedSession | None:
         """The session ``get`` would answer at once, or None when it would have to wait. Past
-        its refresh time, a background refresh is started."""
+        its refresh time, a background refresh is started (when an attempt is due)."""
         s = self._current
         if s is None:
             return None
         now = self._clock()
         if now >= s.usable_until:
             return None
-        if now >= s.refresh_at and not self._flight.running and now >= self._retry_at:
-            self._flight.start(lambda: self._pin_with_retries("refresh"))
+        if now >= s.refresh_at and not self._flight.running and now >= self._next_attempt:
+            self._flight.start(lambda: self._attempt("refresh"))
         return s
 
     async def get(self) -> PinnedSession:
         """A verified session pinned to the team's workspace, or SessionUnavailable."""
-        return self.ready() or await self._wait_for_flight("login")
+        return self.ready() or await self._wait("login")
 
     async def replace(self, stale: PinnedSession) -> PinnedSession:
-        """Looker rejected ``stale`` (401). Re-login once, unless it was already replaced."""
+        """Looker rejected ``stale`` (401): re-pin (once, whoever else saw the 401)."""
         if self._current is stale:
             self._current = None
             self._events.session_event(self.team.name, "reauth", "started")
             log.info("session_rejected", team=self.team.name, generation=stale.generation)
-            if self._flight.running:
-                # A refresh that started before the rejection may still land and be fine; but it
-                # may also have been started on the same, now dead, credentials: wait for it.
-                return await self._wait_for_flight("reauth")
-            return await self._wait_for_flight("reauth", ignore_backoff=True)
+            return await self._wait("reauth")
         return await self.get()
 
     async def close(self, *, wait: bool = False) -> None:
@@ -162,54 +240,67 @@ class TeamSession:
         self._closed = True
         await self._flight.close(wait=wait)
 
-    async def _wait_for_flight(self, reason: str, *, ignore_backoff: bool = False) -> PinnedSession:
-        if self._closed:
-            raise SessionUnavailable("the proxy is shutting down", retry_after=1.0, kind="closed")
-        if not self._flight.running:
-            wait = self._retry_at - self._clock()
-            if wait > 0 and self._last_error is not None and not ignore_backoff:
-                # Looker failed moments ago: answer at once instead of hammering it.
-                raise _again(self._last_error, wait)
-        return await self._flight.join(lambda: self._pin_with_retries(reason))
-
-    async def _pin_with_retries(self, reason: str) -> PinnedSession:
-        loop = asyncio.get_running_loop()  # retries sleep in real time, so the deadline is real
-        give_up_at = loop.time() + self._retry.deadline_s
+    async def _wait(self, reason: str) -> PinnedSession:
+        """Wait for the attempts due within the deadline; the first success is the answer."""
+        give_up_at = self._clock() + self._retry.deadline_s
         while True:
-            try:
-                session = await self._pin_once(reason)
-            except SessionUnavailable as exc:
-                self._failures += 1
-                delay = backoff(self._failures, self._retry, exc.retry_after, rand=self._rand)
-                self._retry_at = self._clock() + delay
-                self._last_error = exc
-                self._events.session_event(self.team.name, reason, exc.kind)
-                log.warning(
-                    "pin_failed",
-                    team=self.team.name,
-                    workspace=self.team.workspace,
-                    reason=exc.reason,
-                    kind=exc.kind,
-                    attempt=self._failures,
-                    retry_in_s=round(delay, 3),
+            if self._closed:
+                raise SessionUnavailable(
+                    "the proxy is shutting down", retry_after=1.0, kind="closed"
                 )
-                if exc.kind == "rejected" or loop.time() + delay > give_up_at:
-                    # Looker refused outright (4xx): retrying within this request cannot help.
-                    raise _again(exc, delay) from None
-                await asyncio.sleep(delay)
+            session = self.ready()
+            if session is not None:
+                return session
+            wait = self._next_attempt - self._clock()
+            if wait > 0 and not self._flight.running:
+                error = self._last_error
+                if error is None or error.kind == "rejected" or self._clock() + wait > give_up_at:
+                    raise _again(error or _NOT_YET, wait)
+                await self._sleep(wait)
                 continue
-            self._current = session
-            self._failures, self._retry_at, self._last_error = 0, 0.0, None
-            self._events.session_event(self.team.name, reason, "ok")
-            log.info(
-                "session_published",
+            try:
+                return await self._flight.join(lambda: self._attempt(reason))
+            except SessionUnavailable as exc:
+                if exc.kind == "rejected":
+                    # Looker refused the team's credentials: waiting for the next attempt will
+                    # not change that; the call is answered now.
+                    raise _again(exc, max(0.0, self._next_attempt - self._clock())) from None
+
+    async def _attempt(self, reason: str) -> PinnedSession:
+        """One attempt: login, PATCH, verify (and checkout); published on success, else the
+        next attempt is scheduled."""
+        self._attempts += 1
+        try:
+            session = await self._pin_once(reason)
+        except SessionUnavailable as exc:
+            delay = next_wait(self._retry, exc.retry_after, rand=self._rand)
+            self._next_attempt = self._clock() + delay
+            self._last_error = exc
+            self._events.session_event(self.team.name, reason, exc.kind)
+            self._events.pin_attempt(self.team.name, exc.kind)
+            log.warning(
+                "pin_failed",
                 team=self.team.name,
-                workspace=session.workspace,
-                generation=session.generation,
-                session=session.fingerprint,
-                reason=reason,
+                workspace=self.team.workspace,
+                reason=exc.reason,
+                kind=exc.kind,
+                attempt=self._attempts,
+                retry_in_s=round(delay, 3),
             )
-            return session
+            raise _again(exc, delay) from None
+        self._current = session
+        self._next_attempt, self._last_error = 0.0, None
+        self._events.session_event(self.team.name, reason, "ok")
+        self._events.pin_attempt(self.team.name, "ok")
+        log.info(
+            "session_published",
+            team=self.team.name,
+            workspace=session.workspace,
+            generation=session.generation,
+            session=session.fingerprint,
+            reason=reason,
+        )
+        return session
 
     async def _pin_once(self, reason: str) -> PinnedSession:
         team = self.team
@@ -242,6 +333,11 @@ class TeamSession:
             refresh_at=refresh_at,
             usable_until=usable_until,
         )
+
+
+_NOT_YET: Final = SessionUnavailable(
+    "the next attempt to pin a session is not due yet", retry_after=1.0, kind="backing_off"
+)
 
 
 def _again(exc: SessionUnavailable, retry_after: float) -> SessionUnavailable:
@@ -292,12 +388,14 @@ class SudoSessions:
         retry: Retry,
         *,
         clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
         events: SessionEvents | None = None,
         max_sessions: int = 1000,
     ) -> None:
         self._client = client
         self._retry = retry
         self._clock = clock
+        self._sleep = sleep
         self._events = events
         self._max = max_sessions
         self._sessions: dict[tuple[int, str], TeamSession] = {}
@@ -310,7 +408,12 @@ class SudoSessions:
                 self._sessions.pop(next(iter(self._sessions)))
             source = SudoSource(parent, user_id, self._client)
             session = TeamSession(
-                parent.team, source, self._retry, clock=self._clock, events=self._events
+                parent.team,
+                source,
+                self._retry,
+                clock=self._clock,
+                sleep=self._sleep,
+                events=self._events,
             )
             self._sessions[key] = session
         return session
@@ -325,6 +428,7 @@ class SessionProvider(Protocol):
     def current(self) -> PinnedSession | None: ...
     @property
     def healthy(self) -> bool: ...
+    def status(self) -> Status: ...
     def ready(self) -> PinnedSession | None: ...
     async def get(self) -> PinnedSession: ...
     async def replace(self, stale: PinnedSession) -> PinnedSession: ...
@@ -339,10 +443,11 @@ def local_sessions(
     retry: Retry,
     *,
     clock: Clock = time.monotonic,
+    sleep: Sleep = asyncio.sleep,
     events: SessionEvents | None = None,
 ) -> ProviderFactory:
     """Sessions logged in and pinned by this process."""
-    return lambda team: TeamSession(team, source, retry, clock=clock, events=events)
+    return lambda team: TeamSession(team, source, retry, clock=clock, sleep=sleep, events=events)
 
 
 class TokenManager:
