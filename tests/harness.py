@@ -18,12 +18,14 @@ from typing import Any
 import aiohttp
 import structlog
 import yaml
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import BaseTestServer, TestClient
 from yarl import URL
 
+from workspace_proxy.app import Proxy as ProxyApp
 from workspace_proxy.config import Config, parse_config
 from workspace_proxy.emulator import AuditEntry, LookerEmulator
-from workspace_proxy.front import KEEPALIVE_S, FrontSite
+from workspace_proxy.http1 import KEEPALIVE_S
+from workspace_proxy.server import Server
 
 # team -> (workspace, emulator user id, Looker client id, Looker client secret)
 TEAMS: dict[str, tuple[str, str]] = {
@@ -113,28 +115,43 @@ def timing(clock: Callable[[], float]) -> dict[str, Any]:
     return {"clock": clock} if sleep is None else {"clock": clock, "sleep": sleep}
 
 
-class ProxyServer(TestServer):
-    """The proxy app behind its front, as ``workspace-proxy serve`` runs it, on a free port.
-    ``start_server(keepalive_s=...)`` shortens the idle timeout of caller connections."""
+class ProxyServer(BaseTestServer):
+    """The proxy app and its transport (``server.Server``), as ``workspace-proxy serve`` runs
+    them, on a free port. ``start_server(keepalive_s=...)`` shortens the idle timeout of caller
+    connections; ``ssl=`` serves TLS."""
 
-    site: FrontSite | None = None
+    def __init__(self, app: ProxyApp, **kwargs: Any) -> None:
+        kwargs.setdefault("host", "127.0.0.1")
+        super().__init__(**kwargs)
+        self.app = app
+        self.server: Server | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.server is not None
 
     async def start_server(self, loop: Any = None, **kwargs: Any) -> None:
-        if self.runner:
+        if self.server is not None:
             return
         tls = kwargs.pop("ssl", None)
         keepalive_s = kwargs.pop("keepalive_s", KEEPALIVE_S)
-        self.runner = await self._make_runner(handler_cancellation=True, **kwargs)
-        await self.runner.setup()
+        await self.app.start()
         sock = self.socket_factory(self.host, self.port or 0, socket.AF_INET)
         self.host, self.port = sock.getsockname()[:2]
-        site = FrontSite(
-            self.runner, sock=sock, ssl_context=tls, keepalive_s=keepalive_s, shutdown_timeout=5
-        )
-        await site.start()
-        self.site = site
         self.scheme = self.scheme or ("https" if tls else "http")
+        self.server = Server(self.app, scheme=self.scheme, keepalive_s=keepalive_s)
+        await self.server.start(sock=sock, ssl_context=tls)
         self._root = URL(f"{self.scheme}://{self.host}:{self.port}")
+
+    async def _make_runner(self, **kwargs: Any) -> Any:  # pragma: no cover (not an aiohttp app)
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        if self.server is not None and not self.closed:
+            await self.server.stop(5)
+            await self.app.stop()
+            self._root = None
+            self._closed = True
 
 
 def raw_config(
@@ -351,7 +368,7 @@ async def raw_http(url: str, request: bytes, *, wait_s: float = 10) -> tuple[int
 
 @contextmanager
 def access_lines() -> Iterator[list[dict[str, Any]]]:
-    """The access-log lines written meanwhile (``via`` says which path served each)."""
+    """The access-log lines written meanwhile."""
     with structlog.testing.capture_logs() as events:
         lines: list[dict[str, Any]] = []
         yield lines

@@ -27,10 +27,10 @@ from aiohttp import web
 from harness import ENV, FakeClock, Proxy, ProxyServer, raw_config, timing
 from pytest_aiohttp import AiohttpClient, AiohttpServer
 
+from workspace_proxy.app import Proxy as ProxyApp
 from workspace_proxy.app import create_app
 from workspace_proxy.config import parse_config
 from workspace_proxy.emulator import LookerEmulator
-from workspace_proxy.proxy import STATE
 
 pytestmark = pytest.mark.timeout(120)
 USER: Final = "/api/4.0/user"
@@ -256,5 +256,5 @@ async def test_status_shows_the_outage_and_its_end(stage: Stage) -> None:
     assert (view["state"], view["next_attempt_in_s"], view["last_error"]) == ("ok", None, None)
 
 
-def _team_status(app: web.Application, team: str) -> dict[str, object]:
-    return app[STATE].view.sessions[team].status().as_json()
+def _team_status(app: ProxyApp, team: str) -> dict[str, object]:
+    return app.view.sessions[team].status().as_json()

@@ -67,9 +67,9 @@ async def test_upstream_tls_verified_with_a_custom_ca(
     )
     token = await proxy.login("analytics")
     with access_lines() as lines:
-        for _ in range(2):  # the app pins and forwards the first, the front the second
+        for _ in range(2):  # a cold session (pinned first), then a warm one on a pooled TLS link
             assert (await proxy.get_json("/api/4.0/session", token))["workspace_id"] == "dev"
-    assert [x["via"] for x in lines] == ["app", "front"]
+    assert [(x["status"], x["route"]) for x in lines] == [(200, "session"), (200, "session")]
     assert assert_every_call_pinned(tls_looker) == 2
 
 

@@ -117,10 +117,10 @@ async def test_workers_exit_when_the_supervisor_is_killed(
         s.bind(("127.0.0.1", proc.port))  # nobody listens there any more
 
 
-def _fronts(runtime: Path) -> list[tuple[bool, int]]:
-    """(holds the app's socket, permissions) of each front directory in ``runtime``."""
-    found = runtime.glob("workspace-proxy-front-*")
-    return [((f / "app.sock").is_socket(), f.stat().st_mode & 0o777) for f in found]
+def _controls(runtime: Path) -> list[tuple[bool, int]]:
+    """(is a socket, permissions) of each worker's control socket in ``runtime``."""
+    found = sorted(runtime.glob("control-*.sock"))
+    return [(f.is_socket(), f.stat().st_mode & 0o777) for f in found]
 
 
 def _runtime_dir(proc: ProxyProcess) -> Path:
@@ -133,18 +133,19 @@ def _runtime_dir(proc: ProxyProcess) -> Path:
 async def test_worker_sockets_live_in_the_supervisors_runtime_dir(
     looker: LookerEmulator, tmp_path: Path
 ) -> None:
-    """Each worker's private socket directory (front to app) is made inside the supervisor's
-    runtime directory, named after the supervisor's pid, which the supervisor removes at exit:
-    nothing of this instance is left in /tmp."""
+    """Each worker's private control socket is made inside the supervisor's runtime directory
+    (0700, named after the supervisor's pid), which the supervisor removes at exit: nothing of
+    this instance is left in /tmp."""
     proc = await ProxyProcess.start(raw_config(looker.base_url), tmp_path, "--workers", "2")
     try:
         await proc.wait_for_event("listening", count=2)
         runtime = _runtime_dir(proc)
         assert runtime.parent == Path(tempfile.gettempdir())
         assert runtime.name.startswith(f"workspace-proxy-{proc.proc.pid}-")
-        assert _fronts(runtime) == [(True, 0o700), (True, 0o700)]
+        assert runtime.stat().st_mode & 0o777 == 0o700
+        assert _controls(runtime) == [(True, 0o600), (True, 0o600)]
         workers = [e["worker"] for e in proc.events() if e["event"] == "listening"]
-        in_tmp = [runtime.parent.glob(f"workspace-proxy-front-{pid}-*") for pid in workers]
+        in_tmp = [runtime.parent.glob(f"workspace-proxy-{pid}-*") for pid in workers]
         assert [list(found) for found in in_tmp] == [[], []]
         assert await proc.stop() == 0
     finally:
@@ -331,7 +332,7 @@ async def test_a_killed_supervisors_runtime_dir_is_removed_by_the_next_start(
         next_dir = _runtime_dir(next_one)
         assert not stale.exists(), "the stale directory was removed"
         assert live_dir.is_dir(), "the live instance's directory is untouched"
-        assert _fronts(live_dir) == [(True, 0o700), (True, 0o700)]
+        assert _controls(live_dir) == [(True, 0o600), (True, 0o600)]
         assert await live.stop() == 0
         assert await next_one.stop() == 0
     finally:

@@ -1,41 +1,29 @@
-"""Application factories: the proxy app and its admin app (health, readiness, metrics).
+"""The proxy application: its state for one process, the view of one configuration, reload,
+and the admin app (health, readiness, metrics).
 
-``create_app`` never binds, reads files or configures logging; tests start the same app.
+``create_app`` never binds, reads files or configures logging; ``server.Server`` serves the
+proxied API with it, tests and ``serve`` alike. ``Proxy.start``/``stop`` own its resources
+(the client for the proxy's own Looker calls, the pinned sessions, the upstream pool).
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
-import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Final
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import aiohttp
 import structlog
 from aiohttp import web
 
 from workspace_proxy.auth import CallerAuth
-from workspace_proxy.config import Config
-from workspace_proxy.errors import ProxyError
+from workspace_proxy.config import Config, TeamConfig
+from workspace_proxy.decide import Caller, Looker, Managed, Policy, SessionKey
 from workspace_proxy.firstsight import Check, Recheck, looker_check
-from workspace_proxy.log import access as access_log
 from workspace_proxy.looker import LookerClient
 from workspace_proxy.metrics import CONTENT_TYPE_LATEST, Metrics
-from workspace_proxy.passthrough import Passthrough
-from workspace_proxy.proxy import (
-    CHUNK,
-    INFO,
-    STATE,
-    ProxyState,
-    RequestInfo,
-    View,
-    handle,
-    looker_error,
-    no_early_continue,
-)
+from workspace_proxy.passthrough import CallerSession, Passthrough
 from workspace_proxy.revocations import Revocations
 from workspace_proxy.sealed import Sealer
 from workspace_proxy.sharing import WorkerLink
@@ -44,207 +32,51 @@ from workspace_proxy.tokens import (
     ProviderFactory,
     SessionProvider,
     Sleep,
+    SudoSessions,
     TokenManager,
     close_all,
     local_sessions,
 )
+from workspace_proxy.upstream import Backend, Pool
 
-log = structlog.get_logger("workspace_proxy.access")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-CONFIG: Final = web.AppKey("workspace_proxy_config", Config)
-METRICS: Final = web.AppKey("workspace_proxy_metrics", Metrics)
-DRAINING: Final = web.AppKey("workspace_proxy_draining", list[bool])
+log = structlog.get_logger("workspace_proxy.app")
 Providers = Callable[[aiohttp.ClientSession, Config, Clock, Sleep, Metrics], ProviderFactory]
-PROVIDERS: Final = web.AppKey[Providers]("workspace_proxy_providers")
-REVOCATIONS: Final = web.AppKey("workspace_proxy_revocations", Revocations)
-"""Logged-out token ids (proxy and sealed tokens): one list for the app's life, kept across
-reloads, shared with the other workers of an instance (``sharing``)."""
-LINK: Final = web.AppKey("workspace_proxy_link", WorkerLink)
-"""A worker's link to its supervisor (``--workers``); absent in a single process."""
-CLOCK: Final = web.AppKey[Clock]("workspace_proxy_clock")
-SLEEP: Final = web.AppKey[Sleep]("workspace_proxy_sleep")
-_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-_ID_PREFIX: Final = os.urandom(8).hex()
-_ID_COUNTER: Final = itertools.count()
+@dataclass(frozen=True, slots=True)
+class View:
+    """Everything derived from one config; replaced as a whole on reload. A request takes the
+    view once and keeps it to its end."""
 
+    config: Config
+    policy: Policy
+    auth: CallerAuth
+    sessions: TokenManager
+    passthrough: Passthrough | None
+    sudo: SudoSessions
+    backend: Backend
+    pool_size: int
+    """The most idle connections to Looker kept (``Config.pool_size``)."""
 
-def request_id(incoming: str | None) -> str:
-    """The caller's X-Request-Id when it is sane, else a new one."""
-    if incoming and _REQUEST_ID.match(incoming):
-        return incoming
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
-
-
-@web.middleware
-async def edge(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one middleware: request id, error mapping, request metrics and the access-log line."""
-    info = RequestInfo(request_id=request_id(request.headers.get("X-Request-Id")))
-    request[INFO] = info
-    started = time.perf_counter()
-    status = 500
-    bound = structlog.contextvars.bind_contextvars(request_id=info.request_id)
-    try:
-        try:
-            response = await handler(request)
-        except (ProxyError, web.HTTPException, TimeoutError, aiohttp.ClientError) as exc:
-            response = error_response(info, exc)
-        status = response.status
-        return response
-    finally:
-        structlog.contextvars.reset_contextvars(**bound)
-        duration = time.perf_counter() - started
-        request.app[METRICS].request_done(info.team or "-", info.route, status)
-        access_log(
-            request_id=info.request_id,
-            team=info.team,
-            method=request.method,
-            route=info.route,
-            status=status,
-            bytes_in=info.bytes_in,
-            bytes_out=info.bytes_out,
-            duration_ms=round(duration * 1000, 2),
-            session=info.session,
-            replayed=info.replayed,
-            outcome=info.outcome,
-            via="app",
-        )
-
-
-def error_response(info: RequestInfo, exc: Exception) -> web.Response:
-    """The one place that maps errors to Looker-shaped answers; exception text never leaks."""
-    if isinstance(exc, ProxyError):
-        info.outcome = getattr(exc, "kind", None) or exc.__class__.__name__
-        response = looker_error(exc.status, exc.public_message, headers=exc.headers)
-        if getattr(exc, "close", False):
-            response.force_close()
-        return response
-    if isinstance(exc, web.HTTPException):
-        if exc.status < 400:
-            raise exc
-        return looker_error(exc.status, exc.reason)
-    if isinstance(exc, TimeoutError):
-        info.outcome = "upstream_timeout"
-        return looker_error(504, "workspace-proxy: Looker did not answer in time.")
-    info.outcome = "upstream_unreachable"
-    log.warning("upstream_error", error=exc.__class__.__name__)
-    return looker_error(502, "workspace-proxy: Looker is unavailable.")
-
-
-async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
-    info = request.get(INFO)
-    if info is not None:
-        response.headers["X-Request-Id"] = info.request_id
+    def provider(self, key: SessionKey) -> SessionProvider:
+        """Where the pinned session for ``key`` comes from."""
+        if isinstance(key, Caller):
+            assert self.passthrough is not None
+            return CallerSession(key.pinned, self.passthrough)
+        assert isinstance(key, Managed)
+        team = self.sessions[key.team]
+        return team if key.sudo is None else self.sudo.get(team, key.sudo)
 
 
 def upstream_session(config: Config) -> aiohttp.ClientSession:
-    """The one client to Looker of a process: pooled, bodies untouched, no cookies, no proxies
-    from the environment."""
+    """The client for the proxy's own calls to Looker (login, PATCH, verify, identify, logout):
+    bodies untouched, no cookies, no proxies from the environment."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(
-            limit=config.pool_size, limit_per_host=0, enable_cleanup_closed=True
-        ),
+        connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
         trust_env=False,
-        read_bufsize=CHUNK,  # larger reads from Looker: fewer, bigger writes to the caller
     )
-
-
-def _resources() -> Callable[[web.Application], AsyncIterator[None]]:
-    async def resources(app: web.Application) -> AsyncIterator[None]:
-        config = app[CONFIG]
-        link = app.get(LINK)
-        if link is not None:
-            # Every logout of the instance is known here before the first caller is served.
-            await link.start(app[REVOCATIONS])
-        async with upstream_session(config) as http:
-            sessions = TokenManager(
-                config.managed_teams,
-                app[PROVIDERS](http, config, app[CLOCK], app[SLEEP], app[METRICS]),
-            )
-            state = ProxyState(
-                view=_view(app, config, sessions, http, app[METRICS], app[CLOCK]),
-                http=http,
-                metrics=app[METRICS],
-            )
-            app[STATE] = state
-            app[METRICS].in_flight_now = lambda: state.in_flight
-            yield
-            await state.view.sessions.close()
-        if link is not None:
-            await link.close()
-
-    return resources
-
-
-async def reload(app: web.Application, config: Config) -> None:
-    """Swap to a new, already validated config in one step.
-
-    Unchanged teams keep their pinned sessions; changed teams re-pin on first use; removed teams
-    stop taking requests (their callers' tokens no longer verify) while requests in flight finish
-    on the session they already hold. Listener addresses need a restart.
-    """
-    state = app[STATE]
-    old = state.view
-    same_looker = config.looker == old.config.looker
-    factory = app[PROVIDERS](state.http, config, app[CLOCK], app[SLEEP], state.metrics)
-    sessions, retired = old.sessions.reconfigured(
-        config.managed_teams, factory, same_looker=same_looker
-    )
-    state.view = _view(app, config, sessions, state.http, state.metrics, app[CLOCK])
-    log.info(
-        "config_reloaded",
-        kept=sorted(
-            n
-            for n in old.config.managed_teams
-            if n in config.managed_teams and sessions[n] is old.sessions[n]
-        ),
-        repinned=sorted(s.team.name for s in retired if s.team.name in config.teams),
-        added=sorted(set(config.teams) - set(old.config.teams)),
-        removed=sorted(set(old.config.teams) - set(config.teams)),
-    )
-    if (config.listen, config.admin) != (old.config.listen, old.config.admin):
-        log.warning("listen_change_needs_restart")
-    if config.pool_size > old.config.pool_size:
-        log.warning(
-            "pool_size_change_needs_restart",
-            pool_size=old.config.pool_size,
-            wanted=config.pool_size,
-        )
-    await close_all(retired, wait=True)
-
-
-def _view(
-    app: web.Application,
-    config: Config,
-    sessions: TokenManager,
-    http: aiohttp.ClientSession,
-    metrics: Metrics,
-    clock: Clock,
-) -> View:
-    """Everything built from one config; logouts (``REVOCATIONS``) carry over."""
-    auth = CallerAuth(config, revocations=app[REVOCATIONS])
-    passthrough = None
-    if any(t.passthrough for t in config.teams.values()):
-        client = LookerClient(http, config.looker)
-        passthrough = Passthrough(
-            config,
-            client,
-            sealer=Sealer(config.token_signing_key),
-            revocations=app[REVOCATIONS],
-            raw=Recheck(_raw_check(app, config, client), clock=clock),
-            clock=clock,
-        )
-    return View.build(config, auth, sessions, http, metrics, passthrough)
-
-
-def _raw_check(app: web.Application, config: Config, client: LookerClient) -> Check:
-    """Raw passthrough tokens are verified by the supervisor (``--workers``) or here."""
-    link = app.get(LINK)
-    return link.check(config) if link is not None else looker_check(config, client)
 
 
 def local_providers(
@@ -260,6 +92,127 @@ def local_providers(
     )
 
 
+@dataclass(eq=False)
+class Proxy:
+    """The application for one process: what every request of the proxied API reads."""
+
+    config: Config
+    clock: Clock = time.monotonic
+    sleep: Sleep = asyncio.sleep
+    metrics: Metrics = field(default_factory=Metrics)
+    providers: Providers = local_providers
+    link: WorkerLink | None = None
+    """A worker's link to its supervisor (``--workers``); None in a single process."""
+    revocations: Revocations = field(default_factory=Revocations)
+    """Logged-out token ids (proxy and sealed tokens): one list for the process's life, kept
+    across reloads, shared with the other workers of an instance (``sharing``)."""
+    draining: list[bool] = field(default_factory=lambda: [False])
+    in_flight: dict[str, int] = field(default_factory=dict)
+    view: View = field(init=False)
+    pool: Pool = field(init=False)
+    http: aiohttp.ClientSession = field(init=False)
+    started: bool = False
+
+    async def start(self) -> None:
+        if self.link is not None:
+            # Every logout of the instance is known here before the first caller is served.
+            await self.link.start(self.revocations)
+        self.http = upstream_session(self.config)
+        factory = self.providers(self.http, self.config, self.clock, self.sleep, self.metrics)
+        self.view = self._view(self.config, TokenManager(self.config.managed_teams, factory))
+        self.pool = Pool(self.view.backend, lambda: self.view.pool_size)
+        self.metrics.in_flight_now = lambda: self.in_flight
+        self.started = True
+
+    async def stop(self) -> None:
+        if not self.started:
+            return
+        self.started = False
+        self.pool.close()
+        await self.view.sessions.close()
+        await self.http.close()
+        if self.link is not None:
+            await self.link.close()
+
+    def take_slot(self, team: TeamConfig) -> bool:
+        """One of the team's ``max_concurrency`` slots, or False when they are all taken."""
+        busy = self.in_flight.get(team.name, 0)
+        if busy >= team.max_concurrency:
+            return False
+        self.in_flight[team.name] = busy + 1
+        return True
+
+    def release_slot(self, team: str) -> None:
+        self.in_flight[team] -= 1
+
+    def _view(self, config: Config, sessions: TokenManager) -> View:
+        """Everything built from one config; logouts (``revocations``) carry over."""
+        auth = CallerAuth(config, revocations=self.revocations)
+        client = LookerClient(self.http, config.looker)
+        passthrough = None
+        if any(t.passthrough for t in config.teams.values()):
+            passthrough = Passthrough(
+                config,
+                client,
+                sealer=Sealer(config.token_signing_key),
+                revocations=self.revocations,
+                raw=Recheck(self._raw_check(config, client), clock=self.clock),
+                clock=self.clock,
+            )
+        return View(
+            config=config,
+            policy=Policy(config, auth, Looker.of(config), passthrough is not None),
+            auth=auth,
+            sessions=sessions,
+            passthrough=passthrough,
+            sudo=SudoSessions(
+                client, config.looker.retry, clock=self.clock, sleep=self.sleep, events=self.metrics
+            ),
+            backend=Backend.looker(config),
+            pool_size=config.pool_size,
+        )
+
+    def _raw_check(self, config: Config, client: LookerClient) -> Check:
+        """Raw passthrough tokens are verified by the supervisor (``--workers``) or here."""
+        link = self.link
+        return link.check(config) if link is not None else looker_check(config, client)
+
+    async def reload(self, config: Config) -> None:
+        """Swap to a new, already validated config in one step.
+
+        Unchanged teams keep their pinned sessions; changed teams re-pin on first use; removed
+        teams stop taking requests (their callers' tokens no longer verify) while requests in
+        flight finish on the session they already hold. Listener addresses need a restart."""
+        old = self.view
+        same_looker = config.looker == old.config.looker
+        factory = self.providers(self.http, config, self.clock, self.sleep, self.metrics)
+        sessions, retired = old.sessions.reconfigured(
+            config.managed_teams, factory, same_looker=same_looker
+        )
+        self.view = self._view(config, sessions)
+        if self.view.backend != old.backend:
+            self.pool.close()
+            self.pool = Pool(self.view.backend, lambda: self.view.pool_size)
+        log.info(
+            "config_reloaded",
+            kept=sorted(
+                n
+                for n in old.config.managed_teams
+                if n in config.managed_teams and sessions[n] is old.sessions[n]
+            ),
+            repinned=sorted(s.team.name for s in retired if s.team.name in config.teams),
+            added=sorted(set(config.teams) - set(old.config.teams)),
+            removed=sorted(set(old.config.teams) - set(config.teams)),
+        )
+        if (config.listen, config.admin) != (old.config.listen, old.config.admin):
+            log.warning("listen_change_needs_restart")
+        await close_all(retired, wait=True)
+
+    def sessions(self) -> list[SessionProvider] | None:
+        """The current team sessions (None until started)."""
+        return self.view.sessions.teams() if self.started else None
+
+
 def create_app(
     config: Config,
     *,
@@ -268,37 +221,25 @@ def create_app(
     metrics: Metrics | None = None,
     providers: Providers = local_providers,
     link: WorkerLink | None = None,
-) -> web.Application:
+) -> Proxy:
     """The proxy application for one validated config.
 
     ``providers`` decides where pinned sessions come from: this process (default) or, for
     ``--workers``, the supervisor's session broker; ``link`` (``--workers``) shares logouts and
     raw passthrough tokens' verification with the other workers. ``clock`` and ``sleep`` are the
     time of session lifetimes and of the waits between attempts to pin (tests move both)."""
-    app = web.Application(middlewares=[edge])
-    app[CONFIG] = config
-    app[CLOCK] = clock
-    app[SLEEP] = sleep
-    app[PROVIDERS] = providers
-    app[METRICS] = metrics or Metrics()
-    app[DRAINING] = [False]
-    app[REVOCATIONS] = Revocations()
-    if link is not None:
-        app[LINK] = link
-    app.cleanup_ctx.append(_resources())
-    app.on_response_prepare.append(_add_request_id)
-    app.router.add_route("*", "/{tail:.*}", handle, expect_handler=no_early_continue)
-    return app
+    return Proxy(
+        config,
+        clock=clock,
+        sleep=sleep,
+        metrics=metrics or Metrics(),
+        providers=providers,
+        link=link,
+    )
 
 
-def proxy_sessions(proxy: web.Application) -> Callable[[], list[SessionProvider] | None]:
-    """The proxy app's current team sessions (None until it has started)."""
-
-    def teams() -> list[SessionProvider] | None:
-        state = proxy.get(STATE)
-        return None if state is None else state.view.sessions.teams()
-
-    return teams
+async def reload(app: Proxy, config: Config) -> None:
+    await app.reload(config)
 
 
 def create_admin_app(

@@ -128,7 +128,10 @@ class CallerAuth:
 
     def verify(self, authorization: str | None) -> Principal:
         """The caller behind an Authorization header, or Unauthenticated (401)."""
-        token = bearer_value(authorization)
+        return self.verify_token(bearer_value(authorization))
+
+    def verify_token(self, token: str | None) -> Principal:
+        """The caller behind a token (the Authorization header's value), or Unauthenticated."""
         if token is None:
             raise Unauthenticated()
         now = self._clock()

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from aiohttp import web
@@ -24,17 +24,16 @@ from workspace_proxy import __version__
 from workspace_proxy.config import LOG_LEVELS, Config, load_config, summary
 from workspace_proxy.errors import ConfigError
 
+if TYPE_CHECKING:
+    from workspace_proxy.app import Proxy
+
 # Modules that import prometheus_client are imported inside functions: with --workers the
 # multiprocess metrics directory must be in the environment before prometheus_client loads.
 
 T = TypeVar("T")
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
-BACKLOG = 4096
-"""Listen queue: aiohttp's 128 drops connections of a burst (each costs the client a 1 s retry)."""
 ACCESS_BATCH_S = 0.1
 """Access-log lines reach stdout in batches at most this old (all of them on shutdown)."""
-KEEPALIVE_S = 75.0
-"""Idle (or half-sent) client connections are closed after this (aiohttp's default is an hour)."""
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:
@@ -183,11 +182,9 @@ def _supervise(config: Config, config_path: str, workers: int) -> int:
     return supervisor.run(config, config_path=config_path, workers=workers, runtime=runtime)
 
 
-async def _reload_on_hangup(app: web.Application, path: str, hangup: asyncio.Event) -> None:
+async def _reload_on_hangup(app: Proxy, path: str, hangup: asyncio.Event) -> None:
     """SIGHUP: re-read and validate the config; keep the old one (and say why) if it is invalid."""
     from workspace_proxy import log
-    from workspace_proxy.app import reload
-    from workspace_proxy.proxy import STATE
 
     logger = structlog.get_logger("workspace_proxy")
     while True:
@@ -198,11 +195,11 @@ async def _reload_on_hangup(app: web.Application, path: str, hangup: asyncio.Eve
         except ConfigError as exc:
             logger.error("config_reload_rejected", path=path, problems=exc.problems)
             continue
-        current = app[STATE].view.config
+        current = app.view.config
         new = new.keeping_listeners(current)
         if new.log_level != current.log_level:
             log.set_level(new.log_level)
-        await reload(app, new)
+        await app.reload(new)
 
 
 def _term_when_supervisor_dies(supervisor: int) -> None:
@@ -229,40 +226,20 @@ async def serve(
     ``--workers`` (``broker`` set) sessions come from the supervisor, the port is shared and the
     admin listener is the supervisor's."""
     from workspace_proxy import log
-    from workspace_proxy.app import (
-        DRAINING,
-        METRICS,
-        create_admin_app,
-        create_app,
-        local_providers,
-        proxy_sessions,
-    )
+    from workspace_proxy.app import create_admin_app, create_app, local_providers
     from workspace_proxy.broker import BrokerClient
-    from workspace_proxy.front import FrontSite
+    from workspace_proxy.server import BACKLOG, Server
     from workspace_proxy.sharing import WorkerLink
 
     logger = structlog.get_logger("workspace_proxy")
     client = BrokerClient(broker, timeout_s=config.looker.retry.deadline_s + 5) if broker else None
     link = WorkerLink(broker, timeout_s=config.looker.retry.deadline_s + 5) if broker else None
     app = create_app(config, providers=client or local_providers, link=link)
-    if client is not None:
-        app.on_cleanup.append(client.close)
-    runner = web.AppRunner(
-        app,
-        access_log=None,
-        shutdown_timeout=config.shutdown.grace_s,
-        keepalive_timeout=KEEPALIVE_S,
-        max_line_size=config.limits.max_header_bytes,
-        max_field_size=config.limits.max_header_bytes,
-        max_headers=config.limits.max_headers + 2,  # + the front's peer header (and Host)
-    )
     admin = web.AppRunner(
-        create_admin_app(
-            sessions=proxy_sessions(app), draining=app[DRAINING], metrics=app[METRICS]
-        ),
+        create_admin_app(sessions=app.sessions, draining=app.draining, metrics=app.metrics),
         access_log=None,
     )
-    await runner.setup()
+    await app.start()
     await admin.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -275,18 +252,16 @@ async def serve(
         tasks.append(loop.create_task(_reload_on_hangup(app, config_path, hangup)))
     if client is not None:
         _term_when_supervisor_dies(supervisor)
+    tls = config.listen.ssl_context()
+    server = Server(app, scheme="https" if tls else "http")
     try:
-        await FrontSite(
-            runner,
+        await server.start(
             config.listen.host,
             config.listen.port,
             reuse_port=client is not None,
-            ssl_context=config.listen.ssl_context(),
+            ssl_context=tls,
             backlog=BACKLOG,
-            shutdown_timeout=config.shutdown.grace_s,
-            keepalive_s=KEEPALIVE_S,
-            runtime_dir=os.path.dirname(broker) if broker else None,
-        ).start()
+        )
         if client is None:
             await web.TCPSite(
                 admin, config.admin.host, config.admin.port, ssl_context=config.admin.ssl_context()
@@ -303,13 +278,16 @@ async def serve(
         gc.freeze()
         await stop.wait()
         logger.info("draining", drain_s=config.shutdown.drain_s, grace_s=config.shutdown.grace_s)
-        app[DRAINING][0] = True
+        app.draining[0] = True
         await asyncio.sleep(config.shutdown.drain_s)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await runner.cleanup()
+        await server.stop(config.shutdown.grace_s)
+        await app.stop()
+        if client is not None:
+            await client.close()
         await admin.cleanup()
         log.access.flush()
         logger.info("stopped")

@@ -7,16 +7,24 @@ Hierarchy::
     ├── NotFound                404: unknown route, bad login credentials
     ├── Unauthenticated         401: missing, invalid or expired proxy token
     ├── Forbidden               403: a call that would break the workspace pin
-    ├── BadRequest              400 / 413 / 422: malformed request from the caller
+    ├── BadRequest              400 / 408 / 413 / 414 / 431 / 505: malformed or stalled request
+    ├── Invalid                 422: a body Looker would refuse (``errors`` listed)
     ├── TooManyRequests         429: the team's concurrency limit is reached
+    ├── LookerUnavailable       502 / 504: Looker unreachable, broken or too slow while forwarding
     └── SessionUnavailable      503: no verified pinned Looker session can be had
         ├── LoginFailed         Looker refused or failed the login
         └── PinFailed           PATCH /session failed or did not verify
 
 Public messages never contain secrets or exception text from libraries; details go to the log.
+``answer`` is the one map from an error to the Looker-shaped answer a caller gets.
 """
 
 from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+DOCS_URL: Final = "https://cloud.google.com/looker/docs/"
 
 
 class ConfigError(Exception):
@@ -68,6 +76,28 @@ class BadRequest(ProxyError):
         """Close the connection after answering (the request's framing cannot be trusted)."""
 
 
+class Invalid(ProxyError):
+    status = 422
+    public_message = "Validation Failed"
+
+    def __init__(self, errors: list[dict[str, str]]) -> None:
+        super().__init__()
+        self.errors = errors
+
+
+class LookerUnavailable(ProxyError):
+    """Looker could not be reached, broke off or did not answer in time while forwarding."""
+
+    def __init__(self, *, status: int = 502, kind: str = "upstream_unreachable") -> None:
+        super().__init__(
+            "workspace-proxy: Looker did not answer in time."
+            if status == 504
+            else "workspace-proxy: Looker is unavailable."
+        )
+        self.status = status
+        self.kind = kind
+
+
 class TooManyRequests(ProxyError):
     status = 429
     public_message = "Too many concurrent requests for this team."
@@ -97,3 +127,21 @@ class LoginFailed(SessionUnavailable):
 
 class PinFailed(SessionUnavailable):
     """``PATCH /session`` failed, or the session did not verify as pinned."""
+
+
+def error_body(message: str, **extra: Any) -> bytes:
+    """A Looker-shaped JSON error body: ``{"message", "documentation_url"}`` (+ extra fields)."""
+    return json.dumps({"message": message, **extra, "documentation_url": DOCS_URL}).encode()
+
+
+def answer(error: ProxyError) -> tuple[int, list[bytes], bytes]:
+    """(status, extra header lines, body) of the answer to ``error``: the one map from errors
+    to what callers see; exception text never leaks, only ``public_message``."""
+    extra = {"errors": error.errors} if isinstance(error, Invalid) else {}
+    lines = [f"{name}: {value}\r\n".encode() for name, value in error.headers.items()]
+    return error.status, lines, error_body(error.public_message, **extra)
+
+
+def outcome_of(error: ProxyError) -> str:
+    """The bounded outcome label of an error (access log, metrics)."""
+    return str(getattr(error, "kind", None) or error.__class__.__name__)

@@ -1,13 +1,16 @@
-"""Header hygiene for both directions. Pure functions, no I/O.
+"""Header rules for both directions, on raw header names (bytes): the one representation.
 
-Upstream, these are dropped: the caller's credentials (any header whose name, ignoring case and
-punctuation, contains ``authorization``: ``Authorization``, ``authorization_``,
+Towards Looker (``dropped_upstream``): the caller's credentials (any header whose name, ignoring
+case and punctuation, contains ``authorization``: ``Authorization``, ``authorization_``,
 ``X-Authorization``, ``Proxy-Authorization``), hop-by-hop headers, those named in
-``Connection``, ``Host``, ``Cookie``, ``Expect``, headers some servers obey to re-route or
-re-method a request (``X-Original-URL``, ``X-HTTP-Method-Override``, ...) and every incoming
-``Forwarded`` or ``X-Forwarded-*``. The proxy sets the pinned token and its own
-``X-Forwarded-For``/``-Proto``/``-Host`` (the caller's peer address, never a claimed one).
-Downstream: hop-by-hop headers are dropped; everything else from Looker is passed on.
+``Connection``, ``Host``, ``Content-Length``, ``Cookie``, ``Expect``, headers some servers obey to
+re-route or re-method a request (``X-Original-URL``, ``X-HTTP-Method-Override``, ...), claims
+about the caller's address or route (``X-Real-IP``, ``Via``, ``Max-Forwards``, ...) and every
+incoming ``Forwarded`` or ``X-Forwarded-*``. The decision (``decide``) then adds Looker's Host,
+the framing, the pinned session and its own ``X-Forwarded-For``/``-Proto``/``-Host``.
+
+Towards the caller (``passes_downstream``): hop-by-hop headers and those Looker's ``Connection``
+names are dropped; everything else from Looker is passed on. Pure functions, no I/O.
 """
 
 from __future__ import annotations
@@ -17,155 +20,111 @@ import re
 from collections.abc import Iterable
 from typing import Final
 
-from multidict import CIMultiDict, CIMultiDictProxy
-
 HOP_BY_HOP: Final = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
     }
 )
-_LETTERS: Final = re.compile(r"[^a-z]")
+_LETTERS: Final = re.compile(rb"[^a-z]")
 _CALLER_ONLY: Final = frozenset(
     {
-        "authorization",
-        "host",
-        "content-length",
-        "expect",
-        "forwarded",
-        "cookie",
+        b"authorization",
+        b"host",
+        b"content-length",
+        b"expect",
+        b"forwarded",
+        b"cookie",
         # Headers some servers obey to re-route or re-method a request behind the route policy.
-        "x-original-url",
-        "x-rewrite-url",
-        "x-http-method-override",
-        "x-http-method",
-        "x-method-override",
-        "x-original-method",
-        "x-override-url",
-        "x-original-host",
-        "x-host",
+        b"x-original-url",
+        b"x-rewrite-url",
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
+        b"x-original-method",
+        b"x-override-url",
+        b"x-original-host",
+        b"x-host",
         # Claims about the caller's address or the path the request took: only the proxy's own
         # X-Forwarded-For says who called (``X-Forwarded-*`` and ``Forwarded`` are dropped too).
-        "x-real-ip",
-        "true-client-ip",
-        "x-client-ip",
-        "cf-connecting-ip",
-        "fastly-client-ip",
-        "x-cluster-client-ip",
-        "x-proxyuser-ip",
-        "x-originating-ip",
-        "x-remote-ip",
-        "x-remote-addr",
-        "x-forwarded",
-        "via",
-        "max-forwards",
-        # The caller's address as the front tells it to the application behind it.
-        "x-workspace-proxy-peer",
+        b"x-real-ip",
+        b"true-client-ip",
+        b"x-client-ip",
+        b"cf-connecting-ip",
+        b"fastly-client-ip",
+        b"x-cluster-client-ip",
+        b"x-proxyuser-ip",
+        b"x-originating-ip",
+        b"x-remote-ip",
+        b"x-remote-addr",
+        b"x-forwarded",
+        b"via",
+        b"max-forwards",
     }
 )
 ADDED: Final = 6
 """Headers the proxy may add to a request (Host when the caller sent none, Authorization,
 Content-Length, X-Forwarded-For/-Proto/-Host): counted in ``limits.max_headers``."""
-PEER_HEADER: Final = b"x-workspace-proxy-peer"
-"""Set by the front on every relayed request (a caller's own copy is removed first)."""
-
-
-def canonical(name: str) -> str:
-    """Lower case with ``_`` read as ``-`` (some servers treat them alike)."""
-    return name.strip().lower().replace("_", "-")
-
-
-def connection_tokens(values: Iterable[str]) -> frozenset[str]:
-    """Header names listed in ``Connection`` headers."""
-    return frozenset(canonical(t) for v in values for t in v.split(",") if t.strip())
 
 
 @functools.lru_cache(maxsize=4096)
-def _always_dropped(name: str) -> bool:
+def canonical(name: bytes) -> bytes:
+    """Lower case with ``_`` read as ``-`` (some servers treat them alike), trimmed."""
+    return name.strip().lower().replace(b"_", b"-")
+
+
+@functools.lru_cache(maxsize=4096)
+def _always_dropped(name: bytes) -> bool:
     c = canonical(name)
     return (
         c in HOP_BY_HOP
         or c in _CALLER_ONLY
-        or c.startswith("x-forwarded-")
-        or "authorization" in _LETTERS.sub("", c)  # Authorization_, X-Authorization, ...
+        or c.startswith(b"x-forwarded-")
+        or b"authorization" in _LETTERS.sub(b"", c)  # Authorization_, X-Authorization, ...
     )
 
 
-@functools.lru_cache(maxsize=4096)
-def _hop_by_hop(name: str) -> bool:
-    return canonical(name) in HOP_BY_HOP
+@functools.lru_cache(maxsize=1024)
+def named_beyond_hop_by_hop(values: tuple[bytes, ...]) -> frozenset[bytes]:
+    """The names Connection headers list that are not hop-by-hop anyway (``keep-alive`` and
+    ``close`` are the usual ones): empty when nothing more needs dropping."""
+    return frozenset(n for n in named_in_connection(values) if n not in HOP_BY_HOP | {b"close"})
 
 
-@functools.lru_cache(maxsize=4096)
-def _always_dropped_raw(name: bytes) -> bool:
-    return _always_dropped(name.decode("latin-1"))
-
-
-@functools.lru_cache(maxsize=4096)
-def canonical_raw(name: bytes) -> bytes:
-    """``canonical`` for a raw header name."""
-    return name.strip().lower().replace(b"_", b"-")
+def named_in_connection(values: Iterable[bytes]) -> frozenset[bytes]:
+    """The header names listed in Connection header values, canonical."""
+    named = {canonical(t) for v in values for t in v.split(b",")}
+    named.discard(b"")
+    return frozenset(named)
 
 
 def dropped_upstream(name: bytes, named: frozenset[bytes]) -> bool:
-    """``upstream_headers``' rule for one raw header name (``named``: canonical names listed in
-    the request's Connection headers)."""
-    return _always_dropped_raw(name) or (bool(named) and canonical_raw(name) in named)
+    """Whether a caller's header stays out of the request Looker gets (``named``: the names the
+    request's Connection headers list, which are hop-by-hop too)."""
+    return _always_dropped(name) or (bool(named) and canonical(name) in named)
 
 
 @functools.lru_cache(maxsize=4096)
 def hop_by_hop(name: bytes) -> bool:
-    """Whether a raw response header name is hop-by-hop (never passed on)."""
-    return _hop_by_hop(name.decode("latin-1"))
+    """Whether a header name is hop-by-hop (never passed on in either direction)."""
+    return canonical(name) in HOP_BY_HOP
 
 
-def _dropped(name: str, named: frozenset[str]) -> bool:
-    return _always_dropped(name) or (bool(named) and canonical(name) in named)
+def passes_downstream(name: bytes, named: frozenset[bytes]) -> bool:
+    """Whether a header of Looker's answer reaches the caller (``named``: the names Looker's
+    Connection headers list)."""
+    return not hop_by_hop(name) and not (named and canonical(name) in named)
 
 
-def upstream_headers(
-    incoming: CIMultiDictProxy[str] | CIMultiDict[str],
-    authorization: str | None,
-    *,
-    peer: str | None,
-    proto: str,
-    host: str | None,
-    content_length: int | None,
-) -> CIMultiDict[str]:
-    named = connection_tokens(incoming.getall("Connection", ()))
-    out: CIMultiDict[str] = CIMultiDict(
-        (k, v) for k, v in incoming.items() if not _dropped(k, named)
-    )
-    if authorization is not None:
-        out["Authorization"] = authorization
-    if content_length is not None:
-        out["Content-Length"] = str(content_length)
-    if peer:
-        out["X-Forwarded-For"] = peer
-    out["X-Forwarded-Proto"] = proto
-    if host:
-        out["X-Forwarded-Host"] = host
-    return out
-
-
-def downstream_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    named = connection_tokens(incoming.getall("Connection", ()))
-    return CIMultiDict(
-        (k, v)
-        for k, v in incoming.items()
-        if not _hop_by_hop(k) and not (named and canonical(k) in named)
-    )
-
-
-# What the front needs to know about a header, by its raw name (cached: names repeat).
+# What the transport needs to know about a header, by its raw name (cached: names repeat).
 OTHER, HOST, LENGTH, TE, EXPECT, AUTH, RID, CONNECTION, HOP = range(9)
 _KINDS: Final = {
     b"host": HOST,
@@ -184,10 +143,3 @@ def kind(name: bytes) -> int:
     lower = name.lower()
     found = _KINDS.get(lower, OTHER)
     return HOP if found == OTHER and hop_by_hop(lower) else found
-
-
-def named_in_connection(values: Iterable[bytes]) -> frozenset[bytes]:
-    """The header names listed in Connection header values, canonical (lower, ``_`` as ``-``)."""
-    named = {t.strip().lower().replace(b"_", b"-") for v in values for t in v.split(b",")}
-    named.discard(b"")
-    return frozenset(named)

@@ -24,7 +24,7 @@ from workspace_proxy.firstsight import Recheck, pin
 from workspace_proxy.looker import LookerClient, LookerToken
 from workspace_proxy.revocations import Revocations
 from workspace_proxy.sealed import SealedSession, Sealer, is_sealed
-from workspace_proxy.tokens import Clock, PinnedSession, fingerprint
+from workspace_proxy.tokens import Clock, PinnedSession, State, Status, fingerprint
 
 log = structlog.get_logger("workspace_proxy.passthrough")
 
@@ -163,3 +163,49 @@ class Passthrough:
             refresh_at=usable_until,
             usable_until=usable_until,
         )
+
+
+class CallerSession:
+    """A passthrough caller's own pinned session, as a SessionProvider: Looker rejecting it
+    (401) ends it — the caller must log in again, as with Looker itself."""
+
+    def __init__(self, pinned: Pinned, passthrough: Passthrough) -> None:
+        self._pinned = pinned
+        self._passthrough = passthrough
+
+    @property
+    def team(self) -> TeamConfig:
+        return self._pinned.team
+
+    @property
+    def current(self) -> PinnedSession:
+        return self._pinned.session
+
+    @property
+    def healthy(self) -> bool:
+        return True
+
+    def status(self) -> Status:
+        s = self._pinned.session
+        return Status(
+            state=State.OK,
+            workspace=s.workspace,
+            session_age_s=None,
+            generation=s.generation,
+            next_attempt_in_s=None,
+            last_error=None,
+            attempts=0,
+        )
+
+    def ready(self) -> PinnedSession | None:
+        return self._pinned.session
+
+    async def get(self) -> PinnedSession:
+        return self._pinned.session
+
+    async def replace(self, stale: PinnedSession) -> PinnedSession:
+        self._passthrough.forget(self._pinned)
+        raise Unauthenticated()
+
+    async def close(self, *, wait: bool = False) -> None:
+        return None

@@ -1,11 +1,10 @@
 """Private runtime directories, named after the process that owns them.
 
 ``serve --workers`` keeps its broker socket, the workers' control sockets and the metrics files
-in ``workspace-proxy-<pid>-<random>`` (0700) in the temporary directory; the front keeps its
-socket to the application in ``workspace-proxy-front-<pid>-<random>`` (``front.FrontSite``),
-inside the supervisor's directory for a worker. A process killed with SIGKILL cannot remove
-its own, so every start removes those of ours (same uid, not a symlink) whose owner is no
-longer alive, and nothing else.
+in ``workspace-proxy-<pid>-<random>`` (0700) in the temporary directory (0.1 also made
+``workspace-proxy-front-<pid>-<random>`` ones: those are cleaned up too). A process killed with
+SIGKILL cannot remove its own, so every start removes those of ours (same uid, not a symlink)
+whose owner is no longer alive, and nothing else.
 """
 
 from __future__ import annotations
@@ -56,8 +55,7 @@ def remove_stale(parent: str | None = None) -> list[str]:
 
 
 def remove_worker_files(runtime: str, pid: int) -> None:
-    """What an exited worker leaves in the supervisor's directory: its control socket and its
-    front directory."""
+    """What an exited worker leaves in the supervisor's directory: its control socket."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(os.path.join(runtime, f"control-{pid}.sock"))
     remove_stale(runtime)

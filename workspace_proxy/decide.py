@@ -1,0 +1,399 @@
+"""The one decision: what happens to a request, from its parsed head alone. Pure: no I/O, no
+sockets, no aiohttp types.
+
+``decide(head, peer, view)`` applies, in this order and nowhere else: the target grammar
+(``routes.parse_target``), the route and method policy (``routes.classify``), the caller's
+credentials (exactly one ``Authorization``; a signed proxy token, a sealed passthrough token or
+a raw Looker token), the team policy (sudo, ``PATCH /session``, pinned branches), the body
+limits, and the header rules towards Looker (``headers``). It answers one of:
+
+- ``Refuse``: a Looker-shaped error, nothing forwarded;
+- ``Forward``: the exact request line and headers Looker gets (all but the pinned session's
+  ``Authorization``, which the forwarding flow adds), under which session, with which body plan;
+- ``Local``: the proxy answers itself (login, logout, sudo, ``PATCH /session``), possibly after
+  reading a small body and calling Looker for its own purposes (``local``);
+- ``Resolve``: a passthrough caller's token must first be opened or verified (``Passthrough``);
+  then ``decide_pinned`` finishes the decision for the team it belongs to.
+
+The target sent to Looker is built here from the classified path and parsed query
+(``routes.upstream_target``) and checked once more before it is accepted (``routes.check_sent``).
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import json
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
+
+from workspace_proxy import headers
+from workspace_proxy.auth import Principal, bearer_value, is_proxy_token
+from workspace_proxy.config import WORKSPACES, Config, Secret, TeamConfig
+from workspace_proxy.errors import (
+    DOCS_URL,
+    BadRequest,
+    Forbidden,
+    Invalid,
+    NotFound,
+    ProxyError,
+)
+from workspace_proxy.routes import (
+    Action,
+    Route,
+    Target,
+    check_sent,
+    classify,
+    parse_target,
+    upstream_target,
+)
+
+if TYPE_CHECKING:
+    from workspace_proxy.auth import CallerAuth
+    from workspace_proxy.passthrough import Pinned
+
+_NO_BODY_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+"""Methods sent without Content-Length when they carry no body."""
+_USER_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_CRLF: Final = b"\r\n"
+_NONE: Final[frozenset[bytes]] = frozenset()
+SMALL_BODY: Final = 64 * 1024
+"""The most a login or ``PATCH /session`` body may be (413 beyond)."""
+
+
+@dataclass(slots=True)
+class Head:
+    """A request head as the transport parsed it (``headers`` in arrival order)."""
+
+    method: bytes
+    target: bytes
+    version: str
+    headers: list[tuple[bytes, bytes]]
+    length: int | None = None
+    chunked: bool = False
+    host: bytes | None = None
+    """The one Host value (HTTP/1.0 may send none)."""
+    auths: tuple[bytes, ...] = ()
+    """The Authorization values."""
+    connection: tuple[bytes, ...] = ()
+    """The Connection values (the names they list are hop-by-hop)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    address: str
+    scheme: str
+    lines: bytes = b""
+    """The proxy's own X-Forwarded-For and -Proto lines for this peer (``Peer.of``)."""
+
+    @classmethod
+    def of(cls, address: str, scheme: str) -> Peer:
+        lines = f"X-Forwarded-For: {address}\r\n" if address else ""
+        return cls(address, scheme, (lines + f"X-Forwarded-Proto: {scheme}\r\n").encode())
+
+
+class Body(enum.Enum):
+    """What happens to the request body of a forwarded call."""
+
+    NONE = "none"
+    BUFFER = "buffer"
+    """Small, of known length: read whole before sending, so the call can be replayed once."""
+    STREAM = "stream"
+    """Larger or chunked: streamed to Looker as it arrives; not replayable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Managed:
+    """The pinned session of a managed team (acting as ``sudo`` when set)."""
+
+    team: str
+    sudo: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """A passthrough caller's own pinned session."""
+
+    pinned: Pinned
+
+
+SessionKey = Managed | Caller
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    error: ProxyError
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    route: str
+    """A bounded label for logs and metrics."""
+    team: str | None
+    """Whose concurrency slot the call takes (None: a public call)."""
+    key: SessionKey | None
+    """Under which pinned session (None: sent without credentials)."""
+    head: bytes
+    """Request line and headers, without the final CRLF and the session's Authorization."""
+    body: Body
+    length: int | None
+    chunked: bool
+
+
+class Act(enum.Enum):
+    LOGIN = "login"
+    LOGOUT = "logout"
+    SUDO = "sudo"
+    PATCH_SESSION = "patch_session"
+    PASSTHROUGH_LOGOUT = "passthrough_logout"
+    PASSTHROUGH_SUDO = "passthrough_sudo"
+
+
+@dataclass(frozen=True, slots=True)
+class Local:
+    act: Act
+    route: str
+    team: str | None = None
+    key: SessionKey | None = None
+    principal: Principal | None = None
+    user_id: str | None = None
+    """For sudo: the Looker user to act as."""
+    reads_body: bool = False
+    """A small body is read first (the login form, the PATCH /session JSON)."""
+    then: Forward | None = None
+    """What to forward once the local part is done (PATCH: GET /session; passthrough logout)."""
+    query: str | None = None
+    """The login's query (credentials may come there too)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resolve:
+    token: Secret
+    route: Route
+    target: Target
+
+
+Decision = Refuse | Forward | Local | Resolve
+
+
+@dataclass(frozen=True, slots=True)
+class Looker:
+    """Where forwarded requests go: Looker's Host header and base path."""
+
+    host_header: bytes
+    base_path: str
+
+    @classmethod
+    def of(cls, config: Config) -> Looker:
+        url = urlsplit(config.looker.base_url)
+        tls = url.scheme == "https"
+        port = url.port or (443 if tls else 80)
+        default = (tls and port == 443) or (not tls and port == 80)
+        host = url.hostname or ""
+        shown = f"[{host}]" if ":" in host else host
+        return cls((shown if default else f"{shown}:{port}").encode("idna"), url.path.rstrip("/"))
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """What the decision reads from one configuration (replaced as a whole on reload)."""
+
+    config: Config
+    auth: CallerAuth
+    looker: Looker
+    passthrough: bool
+    """Some team is in passthrough mode: tokens that are not ours are Looker's."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _route(method: bytes, path: str, versions: tuple[str, ...]) -> Route:
+    return classify(method.decode("latin-1"), path, versions)
+
+
+@functools.lru_cache(maxsize=4096)
+def _target(raw: bytes) -> Target:
+    """``parse_target`` of a raw target (a refusal is not cached: it raises)."""
+    return parse_target(raw.decode("latin-1"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _sent(base_path: str, route: Route, target: Target) -> bytes:
+    """The target Looker gets, built from the classified route and the parsed query, and
+    checked (``routes.check_sent``): the same inputs always give the same, checked, bytes."""
+    sent = upstream_target(base_path, route, target)
+    check_sent(sent, base_path, route, target)
+    return sent.encode()
+
+
+def decide(head: Head, peer: Peer, policy: Policy) -> Decision:
+    """What to do with a request (see the module docstring)."""
+    try:
+        return _decide(head, peer, policy)
+    except ProxyError as exc:
+        return Refuse(exc)
+
+
+def _decide(head: Head, peer: Peer, policy: Policy) -> Decision:
+    target = _target(head.target)  # 400 unless origin-form
+    config = policy.config
+    route = _route(head.method, target.path, config.looker.api_versions)
+    action = route.action
+    if action is Action.NOT_FOUND:
+        raise NotFound()
+    if action is Action.LOGIN:
+        if (head.length or 0) > SMALL_BODY:
+            raise BadRequest("Login body too large.", status=413)
+        return Local(Act.LOGIN, route.name, reads_body=True, query=target.query)
+    if action is Action.VERSIONS:
+        return _forward(head, peer, policy, route, target, None, None)
+    if len(head.auths) > 1:
+        raise BadRequest("workspace-proxy: send exactly one Authorization header.")
+    credential = head.auths[0].decode("latin-1") if head.auths else None
+    token = bearer_value(credential)
+    if policy.passthrough and token is not None and not is_proxy_token(token):
+        return Resolve(Secret(token), route, target)
+    principal = policy.auth.verify_token(token)
+    team = config.teams[principal.team]
+    if action is Action.LOGOUT:
+        return Local(Act.LOGOUT, route.name, team=team.name, principal=principal)
+    key = Managed(team.name, principal.sudo)
+    if action is Action.SUDO and team.allow_sudo:
+        user_id = _sudo_user(route)
+        return Local(Act.SUDO, route.name, team.name, key, principal, user_id)
+    return _under_pin(head, peer, policy, route, target, team, key)
+
+
+def decide_pinned(
+    head: Head, peer: Peer, policy: Policy, resolve: Resolve, pinned: Pinned
+) -> Decision:
+    """The rest of the decision for a passthrough caller whose session was resolved."""
+    try:
+        route, target, team = resolve.route, resolve.target, pinned.team
+        key = Caller(pinned)
+        if route.action is Action.SUDO and team.allow_sudo:
+            user_id = _sudo_user(route)
+            return Local(Act.PASSTHROUGH_SUDO, route.name, team.name, key, user_id=user_id)
+        if route.action is Action.LOGOUT:
+            version = policy.config.looker.api_versions[0]
+            logout = Route(Action.FORWARD, f"/api/{version}/logout", "logout")
+            bare = Head(b"DELETE", head.target, head.version, head.headers, host=head.host)
+            then = _forward(bare, peer, policy, logout, Target(logout.path, None), None, key)
+            return Local(Act.PASSTHROUGH_LOGOUT, route.name, team.name, key, then=then)
+        return _under_pin(head, peer, policy, route, target, team, key)
+    except ProxyError as exc:
+        return Refuse(exc)
+
+
+def _under_pin(
+    head: Head,
+    peer: Peer,
+    policy: Policy,
+    route: Route,
+    target: Target,
+    team: TeamConfig,
+    key: SessionKey,
+) -> Decision:
+    """The team policy for an authenticated caller, then the forward."""
+    action = route.action
+    if action is Action.SUDO:
+        raise Forbidden(
+            f"workspace-proxy: sudo (POST /login/{{user_id}}) is not allowed for team "
+            f"{team.name!r} (allow_sudo is off)."
+        )
+    if action is Action.PATCH_SESSION:
+        if (head.length or 0) > SMALL_BODY:
+            raise BadRequest("Request body too large for this call.", status=413)
+        # Answered with the pinned session: the same path read with GET, no body.
+        read = Route(Action.FORWARD, route.path, route.name)
+        bare = Head(b"GET", head.target, head.version, head.headers, host=head.host)
+        then = _forward(bare, peer, policy, read, target, team.name, key)
+        return Local(Act.PATCH_SESSION, route.name, team.name, key, reads_body=True, then=then)
+    if action is Action.BRANCH_SWITCH and team.git_branch and not team.allow_branch_switch:
+        raise Forbidden(
+            f"workspace-proxy pins team {team.name!r} to branch {team.git_branch.name!r} of "
+            f"project {team.git_branch.project!r}; switching branches is not allowed."
+        )
+    return _forward(head, peer, policy, route, target, team.name, key)
+
+
+def _sudo_user(route: Route) -> str:
+    user_id = route.path.rstrip("/").rsplit("/", 1)[-1]
+    if not _USER_ID.fullmatch(user_id):
+        raise NotFound()
+    return user_id
+
+
+def _forward(
+    head: Head,
+    peer: Peer,
+    policy: Policy,
+    route: Route,
+    target: Target,
+    team: str | None,
+    key: SessionKey | None,
+) -> Forward:
+    """The request Looker gets, built from what was decided: the classified target, the
+    caller's headers minus everything ``headers.dropped_upstream`` drops, Looker's Host, the
+    body's framing and the proxy's own X-Forwarded-*."""
+    looker = policy.looker
+    sent = _sent(looker.base_path, route, target)
+    limits = policy.config.limits
+    length, chunked = head.length, head.chunked
+    if length is not None and length > limits.max_request_body_bytes:
+        raise BadRequest(
+            f"Request body larger than {limits.max_request_body_bytes} bytes.", status=413
+        )
+    if chunked:
+        body = Body.STREAM
+    elif not length:
+        body = Body.NONE
+    elif length <= limits.replay_buffer_bytes:
+        body = Body.BUFFER
+    else:
+        body = Body.STREAM
+    lines = [head.method, b" ", sent, b" HTTP/1.1\r\nHost: ", looker.host_header, _CRLF]
+    named = headers.named_in_connection(head.connection) if head.connection else _NONE
+    for name, value in head.headers:
+        if not headers.dropped_upstream(name, named):
+            lines += (name, b": ", value, _CRLF)
+    if chunked:
+        lines.append(b"Transfer-Encoding: chunked\r\n")
+    elif length or head.method not in _NO_BODY_METHODS:
+        lines.append(b"Content-Length: %d\r\n" % (length or 0))
+    lines.append(peer.lines or Peer.of(peer.address, peer.scheme).lines)
+    if head.host:
+        lines += (b"X-Forwarded-Host: ", head.host, _CRLF)
+    return Forward(route.name, team, key, b"".join(lines), body, length, chunked)
+
+
+def decide_patch(body: bytes, team: TeamConfig, then: Forward) -> Refuse | Forward:
+    """``PATCH /session`` keeps the pin: the team's own workspace (or none) is answered with
+    the pinned session (``then``: GET /session), another one is a 403, an unknown one a 422."""
+    try:
+        parsed = json.loads(body) if body else {}
+    except ValueError:
+        return Refuse(BadRequest("Request body is not valid JSON."))
+    wanted = parsed.get("workspace_id") if isinstance(parsed, dict) else None
+    if wanted is not None and wanted not in WORKSPACES:
+        return Refuse(
+            Invalid(
+                [
+                    {
+                        "field": "workspace_id",
+                        "code": "invalid",
+                        "message": f"must be one of {', '.join(WORKSPACES)}",
+                        "documentation_url": DOCS_URL,
+                    }
+                ]
+            )
+        )
+    if wanted is not None and wanted != team.workspace:
+        return Refuse(
+            Forbidden(
+                f"workspace-proxy pins team {team.name!r} to the {team.workspace!r} workspace; "
+                f"switching this session to {wanted!r} is not allowed."
+            )
+        )
+    return then
