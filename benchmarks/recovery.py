@@ -1,7 +1,7 @@
 """Recovery after a Looker outage, in real time, with the shipped retry defaults.
 
     python -m benchmarks.recovery            # 5 runs per fault (about 3 minutes)
-    python -m benchmarks.recovery --quick    # 2 runs per fault
+    python -m benchmarks.recovery --quick    # 1 run per fault, 2-3 s outages (about 20 s)
 
 The bundled emulator and ``workspace-proxy serve`` run as processes on loopback; the proxy's
 config sets no ``looker.retry`` (interval 2 s, deadline 15 s). For each fault and run: the
@@ -50,6 +50,10 @@ FAULTS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         {"login_failures": 0, "login_retry_after": None},
     ),
 }
+OUTAGE_S = (6.0, 9.0)
+"""Each fault holds for a random time in this range (seconds)."""
+QUICK_OUTAGE_S = (2.0, 3.0)
+"""With --quick: long enough for the failed attempt and a retry, short enough for bench-quick."""
 MEDIAN_TARGET_S = 2.0
 WORST_TARGET_S = 5.0
 RATE_TARGET = 0.5
@@ -84,7 +88,12 @@ def _call(port: int, token: str) -> int:
 
 
 def one_run(
-    emulator_port: int, wp_port: int, token: str, on: dict[str, Any], off: dict[str, Any]
+    emulator_port: int,
+    wp_port: int,
+    token: str,
+    on: dict[str, Any],
+    off: dict[str, Any],
+    outage: tuple[float, float] = OUTAGE_S,
 ) -> Run:
     while _call(wp_port, token) != 200:  # warm and pinned
         time.sleep(0.2)
@@ -93,7 +102,7 @@ def one_run(
     status, _ = http_call(emulator_port, "POST", "/_emulator/revoke")
     assert status in (200, 204), status
     started = time.monotonic()
-    outage_s = random.uniform(6.0, 9.0)
+    outage_s = random.uniform(*outage)
     healed: list[float] = []
     attempts: list[int] = []
 
@@ -126,10 +135,13 @@ def one_run(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="2 runs per fault")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 run per fault, 2-3 s outages; writes nothing"
+    )
     parser.add_argument("--runs", type=int, default=None)
     args = parser.parse_args(argv)
-    runs = args.runs or (2 if args.quick else 5)
+    runs = args.runs or (1 if args.quick else 5)
+    outage = QUICK_OUTAGE_S if args.quick else OUTAGE_S
     results: dict[str, list[Run]] = {}
     with tempfile.TemporaryDirectory(prefix="wp-recovery-") as raw_tmp:
         tmp = Path(raw_tmp)
@@ -140,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, (on, off) in FAULTS.items():
                 results[name] = []
                 for index in range(runs):
-                    run = one_run(emulator.port, wp.port, token, on, off)
+                    run = one_run(emulator.port, wp.port, token, on, off, outage)
                     results[name].append(run)
                     print(
                         f"{name} #{index + 1}: outage {run.outage_s:.1f} s, "

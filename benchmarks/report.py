@@ -7,6 +7,9 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from benchmarks import calltypes
+from benchmarks.calltypes import CALL_TYPES, PER_BYTE_LIMIT, SCENARIO_PREFIX, CallType
+
 WP = "workspace-proxy"
 VARIANTS = ("direct", "nginx", "naive", WP)
 
@@ -14,10 +17,20 @@ VARIANTS = ("direct", "nginx", "naive", WP)
 METRICS: dict[str, tuple[str, ...]] = {
     "get_c1": ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "upstream_cores_busy", "errors"),
     "get_c64": ("rps", "p50_ms", "p99_ms", "cpu_us_per_req", "upstream_cores_busy", "errors"),
-    "download": ("gb_per_s", "seconds", "rss_growth_mib", "rss_peak_mib"),
+    "download": ("gb_per_s", "seconds", "rss_growth_mib", "rss_peak_mib", "cpu_ns_per_byte"),
     "burst": ("wall_s", "p50_s", "ok", "errors", "listen_overflows"),
     "cold_start": ("wall_s", "p50_s", "ok", "errors", "logins", "patches", "listen_overflows"),
 }
+CALL_METRICS = (
+    "rps",
+    "p50_ms",
+    "p99_ms",
+    "cpu_us_per_req",
+    "cpu_ns_per_byte",
+    "upstream_cores_busy",
+    "errors",
+)
+"""Metrics of every ``call_<key>`` scenario (one per call type)."""
 
 Stat = dict[str, float]
 Summary = dict[str, dict[str, dict[str, Stat]]]
@@ -33,9 +46,9 @@ def stat(values: Sequence[float]) -> Stat:
 
 def summarise(raw: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]]) -> Summary:
     out: Summary = {}
-    for scenario, by_variant in raw.items():
-        names = METRICS.get(scenario, ())
-        out[scenario] = {
+    for name, by_variant in raw.items():
+        names = METRICS.get(name, CALL_METRICS if name.startswith(SCENARIO_PREFIX) else ())
+        out[name] = {
             variant: {m: stat([r[m] for r in rounds if m in r]) for m in names}
             for variant, rounds in by_variant.items()
             if rounds
@@ -139,6 +152,102 @@ def targets(summary: Summary, raw: Mapping[str, Any], cold_label: str) -> list[d
     return rows
 
 
+def calltype_rows(
+    summary: Summary,
+    raw: Mapping[str, Any],
+    failures: Mapping[str, Mapping[str, str]],
+) -> list[dict[str, Any]]:
+    """One row per call type measured (or tried): figures per variant, and issue 16's verdict
+    for workspace-proxy (the main variant; A/B copies get figures, not verdicts)."""
+    download = {
+        v: median(summary, "download", v, "cpu_ns_per_byte") for v in summary.get("download", {})
+    }
+    rows: list[dict[str, Any]] = []
+    for call in CALL_TYPES:
+        name = calltypes.scenario(call)
+        if name not in summary and name not in failures:
+            continue
+        figures: dict[str, dict[str, float]] = {}
+        rounds = raw.get(name, {})
+        for variant in summary.get(name, {}):
+            ns = median(summary, name, variant, "cpu_ns_per_byte")
+            ref = download.get(variant, math.nan)
+            figures[variant] = {
+                "rps": median(summary, name, variant, "rps"),
+                "cpu_us_per_call": median(summary, name, variant, "cpu_us_per_req"),
+                "cpu_ns_per_byte": ns,
+                "x_download_per_byte": ns / ref if ref else math.nan,
+                "errors": float(sum(r.get("errors", 0) for r in rounds.get(variant, []))),
+            }
+        nginx_rps, nginx_from = median(summary, name, "nginx", "rps"), "calltypes"
+        if math.isnan(nginx_rps) and call.same_as_get:
+            # nginx not measured with the call types (quick runs): the same GET at 64 connections
+            nginx_rps, nginx_from = median(summary, "get_c64", "nginx", "rps"), "get_c64"
+        failure = failures.get(name, {}).get(WP)
+        rows.append(
+            {
+                "key": call.key,
+                "label": call.label,
+                "how": call.how,
+                "before_us": call.before_us,
+                **_call_verdict(call, figures.get(WP), failure, nginx_rps),
+                "variants": figures,
+                "not_measured": dict(failures.get(name, {})),
+                "x_nginx_from": nginx_from if call.min_x_nginx is not None else None,
+            }
+        )
+    return rows
+
+
+def _call_verdict(
+    call: CallType, wp: Mapping[str, float] | None, failure: str | None, nginx_rps: float
+) -> dict[str, Any]:
+    """Issue 16's verdict on one call type through workspace-proxy: ``target``, ``pass``,
+    ``measured`` (a line for the console) and ``note`` (what the table's columns do not show)."""
+    if call.target_us is not None:
+        target = f"<= {call.target_us:g} µs/call"
+        if call.min_x_nginx is not None:
+            target += f", >= {call.min_x_nginx:g}x nginx req/s"
+    elif call.per_byte_target:
+        target = f"<= {PER_BYTE_LIMIT:g}x the download's CPU/byte"
+    else:
+        target = "—"
+    judged = target != "—"
+    if wp is None:
+        why = f"not measured: {failure}" if failure else "not measured"
+        return {"target": target, "pass": False if judged and failure else None,
+                "measured": why, "note": why}  # fmt: skip
+    cpu, errors = wp["cpu_us_per_call"], wp["errors"]
+    measured, notes = [f"{_num(cpu)} µs/call"], []
+    ok: bool | None = None
+    if call.target_us is not None:
+        ok = _judge(cpu <= call.target_us, cpu)
+    if call.min_x_nginx is not None:
+        x = wp["rps"] / nginx_rps if nginx_rps else math.nan
+        versus = "nginx not measured" if math.isnan(x) else f"{_num(x, 2)}x nginx"
+        measured.append(versus)
+        notes.append(versus)
+        ok = _both(ok, _judge(x >= call.min_x_nginx, x))
+    if call.per_byte:
+        ns, x = wp["cpu_ns_per_byte"], wp["x_download_per_byte"]
+        measured.append(f"{_num(ns, 2)} ns/byte = {_num(x, 2)}x the download's")
+        if call.per_byte_target:
+            ok = _judge(x <= PER_BYTE_LIMIT, x)
+    if errors:
+        measured.append(f"{errors:,.0f} errors")
+        notes.append(f"{errors:,.0f} errors")
+        ok = False if judged else None
+    return {"target": target, "pass": ok, "measured": ", ".join(measured),
+            "note": ", ".join(notes)}  # fmt: skip
+
+
+def _both(a: bool | None, b: bool | None) -> bool | None:
+    """Both targets met: False when either is missed, None when one cannot be judged."""
+    if a is False or b is False:
+        return False
+    return None if a is None or b is None else True
+
+
 def _judge(ok: bool, *measured: float) -> bool | None:
     if any(math.isnan(m) for m in measured):
         return None
@@ -148,8 +257,13 @@ def _judge(ok: bool, *measured: float) -> bool | None:
 # --- Markdown --------------------------------------------------------------------------------
 
 
-def _num(value: float, digits: int = 0) -> str:
-    if math.isnan(value):
+def _missing(value: float | None) -> bool:
+    """NaN in memory, null once written as JSON: a figure that was not measured."""
+    return value is None or math.isnan(value)
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None or math.isnan(value):
         return "—"
     return f"{value:,.{digits}f}"
 
@@ -191,7 +305,7 @@ def markdown(results: Mapping[str, Any]) -> str:
         "_Generated by `python -m benchmarks.run"
         + (" --quick" if meta["quick"] else "")
         + "` — do not edit by hand; rerun `make bench` (several minutes) to refresh it"
-        " (`make bench-quick` prints figures in under a minute and never rewrites this page)."
+        " (`make bench-quick` prints figures in about a minute and never rewrites this page)."
         " Raw figures: `benchmarks/results/latest.json`._",
         "",
         f"- **Date:** {meta['date']}",
@@ -252,6 +366,7 @@ def markdown(results: Mapping[str, Any]) -> str:
     headline = _headline(summary)
     if headline:
         lines += ["", headline]
+    lines += _calltype_section(results)
     lines += [
         "",
         "## 1 GiB CSV download (`GET /api/4.0/queries/1/run/csv`)",
@@ -322,6 +437,105 @@ def markdown(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _calltype_section(results: Mapping[str, Any]) -> list[str]:
+    rows: list[dict[str, Any]] = results.get("calltypes", [])
+    if not rows:
+        return []
+    meta, summary = results["meta"], results["summary"]
+    wp_workers = meta.get("workers", {}).get(WP, "?")
+    ref_ns = median(summary, "download", WP, "cpu_ns_per_byte")
+    refs = [v for v in ("nginx", "direct") if any(v in r["variants"] for r in rows)]
+    extra = _order({v for r in rows for v in r["variants"] if v.startswith(WP) and v != WP})
+    rounds = meta["rounds"]
+    lines = [
+        "",
+        "## CPU per call type (issue 16)",
+        "",
+        f"_Machine: {meta['machine']['line']}; {rounds} round{'s' if rounds != 1 else ''} of"
+        f" {meta.get('call_duration_s', meta['duration_s']):g} s per call type and variant,"
+        f" 64 connections, load from {meta['load_tool']}; workspace-proxy {wp_workers}"
+        f" workers; {meta['date']}._",
+        "",
+        "Each call type is one fixed HTTP/1.1 request, head and body, built in"
+        " `benchmarks/calltypes.py` and replayed by wrk on all 64 keep-alive connections"
+        " (a generated Lua script returns it as wrk's request, so a chunked body or a UTF-8"
+        " header value goes out exactly as written); before it is measured, each type is sent"
+        " on a few fresh connections and must get a 200 with an answer of the expected size"
+        " (which also pins the passthrough and sudo sessions in every worker). *CPU µs/call* is"
+        " the process"
+        " tree's user+system time over the run divided by the requests served, as above."
+        " Large bodies are judged per byte: the same CPU divided by the body bytes the calls"
+        " moved (ns/byte, which is also CPU-seconds per GB), against the 1 GiB download's CPU"
+        f" per byte through the same variant in this run ({_num(ref_ns, 2)} ns/byte for"
+        " workspace-proxy); per-call overhead is included. *before (issue 16)* is what the"
+        " issue measured for the old design, where the front forwarded plain calls and relayed"
+        " everything else to the aiohttp app (the relayed calls, passthrough, sudo, `HEAD`"
+        " and chunked ones included, cost about what the non-ASCII header did). The upstream"
+        " reads every uploaded body completely before it answers.",
+        "",
+        "| Call type | req/s @64 | CPU µs/call | CPU ns/byte (x download) | before (issue 16)"
+        " | target | result |"
+        + "".join(f" {v}: req/s, µs/call |" for v in refs)
+        + "".join(f" {v}: req/s, µs/call |" for v in extra),
+        "|---|---|---|---|---|---|---|" + "---|" * (len(refs) + len(extra)),
+    ]
+    for row in rows:
+        wp = row["variants"].get(WP)
+        failed = row["not_measured"].get(WP)
+        if wp is None:
+            cells = [f"not measured: {_md(failed or 'no result')}", "—", "—"]
+        else:
+            cells = [
+                _num(wp["rps"]) + _errors(wp),
+                _num(wp["cpu_us_per_call"]),
+                (
+                    f"{_num(wp['cpu_ns_per_byte'], 2)} ({_num(wp['x_download_per_byte'], 2)}x)"
+                    if not _missing(wp["cpu_ns_per_byte"])
+                    else "—"
+                ),
+            ]
+        before = f"{row['before_us']:g} µs" if row["before_us"] is not None else "—"
+        verdict = _verdict(row["pass"]) if row["target"] != "—" else "—"
+        if row["note"] and wp is not None:
+            verdict += f" ({_md(row['note'])})"
+        line = f"| {row['label']} | " + " | ".join(cells)
+        line += f" | {before} | {row['target']} | {verdict} |"
+        for v in [*refs, *extra]:
+            got = row["variants"].get(v)
+            if got is None:
+                why = row["not_measured"].get(v)
+                line += f" {'not measured: ' + _md(why) if why else '—'} |"
+            else:
+                line += f" {_num(got['rps'])}, {_num(got['cpu_us_per_call'])}{_errors(got)} |"
+        lines.append(line)
+    per_byte = [
+        f"{v} {_num(median(summary, 'download', v, 'cpu_ns_per_byte'), 2)}"
+        for v in _order(summary.get("download", {}))
+    ]
+    if per_byte:
+        lines += ["", "CPU per byte of the 1 GiB download in this run (ns/byte): "
+                  + ", ".join(per_byte) + "."]  # fmt: skip
+    plain = next((r for r in rows if r["x_nginx_from"]), None)
+    if plain and plain["x_nginx_from"] == "get_c64":
+        lines += [
+            "",
+            "nginx was not measured with the call types in this run: the plain GET's x nginx"
+            " is against nginx's `GET /api/4.0/user` at 64 connections in the table above.",
+        ]
+    lines += ["", "How each call type is sent:", ""]
+    lines += [f"- **{r['label']}**: {r['how']}." for r in rows]
+    return lines
+
+
+def _errors(figures: Mapping[str, float]) -> str:
+    n = figures.get("errors", 0)
+    return f" ({n:,.0f} errors)" if n else ""
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def _headline(summary: Summary) -> str:
     """How far ``direct`` is ahead of the fastest proxy: the upstream is not what is measured."""
     direct = median(summary, "get_c64", "direct", "rps")
@@ -349,8 +563,8 @@ def _order(names: Iterable[str]) -> list[str]:
     return [v for v in VARIANTS if v in names] + [v for v in names if v not in VARIANTS]
 
 
-def _signed(value: float) -> str:
-    return "—" if math.isnan(value) else f"{value:+.3f}"
+def _signed(value: float | None) -> str:
+    return "—" if value is None or math.isnan(value) else f"{value:+.3f}"
 
 
 def _ver(text: str | None) -> str:
@@ -396,13 +610,20 @@ SETUP = [
     " at the end of the run.",
     "",
     "- **Upstream** (the stand-in for Looker): nginx (1 worker, access log off) serving fixed"
-    " Looker-shaped answers — the user JSON as a static file, `POST /api/4.0/login` and"
-    ' `PATCH /api/4.0/session` (answering `"workspace_id": "dev"`) from `return 200` blocks,'
-    " the CSV as a 1 GiB sparse file via sendfile — and, for the 1 s path only, proxying to a"
-    " bare-asyncio server that sleeps 1 s (`benchmarks/fixed_upstream.py`).",
+    " Looker-shaped answers — the user JSON and a 1 MiB JSON answer as static files,"
+    " `POST /api/4.0/login`, sudo's `POST /api/4.0/login/{id}` (each login a token of its own,"
+    ' from `$request_id`) and `PATCH /api/4.0/session` (answering `"workspace_id": "dev"`)'
+    " from `return 200` blocks, `HEAD /api/4.0/user` with `Content-Length: 0` (wrk cannot"
+    " parse a HEAD answer that announces a body), `POST /api/4.0/queries` answered only after"
+    " the whole body was read (the proxy module reads it into memory, then asks a second"
+    " server block for the answer without it; `return` alone would answer before the body and"
+    " discard it afterwards), the CSV as a 1 GiB sparse file via sendfile — and, for the 1 s"
+    " path only, proxying to a bare-asyncio server that sleeps 1 s"
+    " (`benchmarks/fixed_upstream.py`).",
     "- **direct**: the client talks to the upstream itself.",
     "- **nginx**: nginx as a reverse proxy, `worker_processes` = cores, upstream keep-alive"
-    " (`keepalive 256`, HTTP/1.1), access log on (buffered), no temp files.",
+    " (`keepalive 256`, HTTP/1.1), access log on (buffered), no temp files, request bodies"
+    " streamed (`proxy_request_buffering off`, up to 64 MiB) as workspace-proxy streams them.",
     "- **naive**: `benchmarks/naive_proxy.py`, a plain ~50-line aiohttp forwarding proxy (hop-by-"
     "hop headers dropped, bodies streamed in 64 KiB chunks, unlimited client pool, no logging),"
     " one process per core on one port with `reuse_port=True`.",
@@ -410,9 +631,13 @@ SETUP = [
     " <cores>` with a real config: one team pinned to `dev`, one caller whose proxy token is"
     " checked on every request, access log at `info` to a file, Prometheus metrics on."
     " `max_connections` and `max_concurrency` are raised to 4096 (defaults 1000 and 256) so"
-    " the burst measures the proxy, not a configured cap.",
+    " the burst measures the proxy, not a configured cap. Two more teams serve the call types"
+    " (sessions are pinned on first use, so no other scenario touches them): `bench-sudo`"
+    " (managed, `allow_sudo: true`, its own caller) and `bench-passthrough` (`mode:"
+    " passthrough`, one Looker client id).",
     "- **Load**: `wrk` (threads = min(cores, connections), a Lua `done()` reports exact"
-    " percentiles; `-H Authorization: token …`), or a multi-process aiohttp client when wrk"
+    " percentiles; `-H Authorization: token …`; for the call types a generated script that"
+    " returns one fixed request, head and body), or a multi-process Python client when wrk"
     " is missing. Load generator, proxy and upstream share the same cores, as they would on"
     " a sidecar host; absolute numbers are for this machine only, the ratios travel better.",
     "- **Order**: variants are interleaved and rotated every round, so drift hits them alike.",
@@ -420,18 +645,25 @@ SETUP = [
 
 RUNNING = [
     "```sh",
-    "make bench-quick     # 1 round of 2 s runs, under a minute (results/quick.json only)",
-    "make bench           # 3 rounds of 5 s runs, several minutes; rewrites this page",
+    "make bench-quick     # 1 round of short runs, call types through workspace-proxy only"
+    " (results/quick.json only)",
+    "make bench           # 3 rounds of 5 s runs (3 s per call type), several minutes;"
+    " rewrites this page",
     "python -m benchmarks.run --help",
     "```",
     "",
     "nginx and wrk are installed with `apt-get` when missing (as root); without nginx the"
     " upstream is the asyncio fixed-answer server and the nginx variant is left out, without"
-    " wrk a multi-process aiohttp client generates the load; the page says which.",
+    " wrk a multi-process Python client generates the load; the page says which.",
     "",
     "A/B experiments: `--wp-variant LABEL=PYTHONPATH` (repeatable) adds a copy of the package"
     " as one more variant, interleaved with the others, e.g."
     " `python -m benchmarks.run --variants direct,workspace-proxy --scenarios get1,get64"
     " --rounds 5 --wp-variant fast=/tmp/wp-exp --out '' --docs ''`. `--wp-pythonpath DIR` runs"
     " the main workspace-proxy variant from a copy.",
+    "",
+    "Call types alone: `python -m benchmarks.run --variants direct,nginx,workspace-proxy"
+    " --scenarios calltypes,download --out '' --docs ''` (the download gives the per-byte"
+    " reference); `--call-types plain_get,post_1k` narrows them, `--call-references ''` leaves"
+    " out direct and nginx, `--call-duration` sets the seconds per run.",
 ]

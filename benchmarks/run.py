@@ -1,11 +1,13 @@
 """Run every scenario against every variant; write results/latest.json and docs/benchmarks.md.
 
     python -m benchmarks.run            # 3 rounds, 5 s runs (several minutes)
-    python -m benchmarks.run --quick    # 1 round, 2 s runs (under a minute), results/quick.json
+    python -m benchmarks.run --quick    # 1 round, 1 s runs (about a minute), results/quick.json
 
 Variants: ``direct`` (the upstream itself), ``nginx`` (C reverse proxy), ``naive`` (plain aiohttp
-proxy) and ``workspace-proxy``. Scenarios: small JSON GET at 1 and 64 connections, a 1 GiB CSV
-download, 2,000 concurrent 1 s requests, and a cold start with 1,000 concurrent first requests.
+proxy) and ``workspace-proxy``. Scenarios: small JSON GET at 1 and 64 connections, CPU per call
+type at 64 connections (issue 16: passthrough and sudo tokens, HEAD, small, chunked and large
+bodies, a non-ASCII header, a 1 MiB answer; ``benchmarks/calltypes.py``), a 1 GiB CSV download,
+2,000 concurrent 1 s requests, and a cold start with 1,000 concurrent first requests.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import load, report, servers
+from benchmarks import calltypes, load, report, servers
+from benchmarks.calltypes import CallType, TokenKind
 from benchmarks.report import WP
 from benchmarks.servers import CSV_PATH, SLOW_PATH, USER_PATH, Proc
 from benchmarks.system import (
@@ -45,6 +48,13 @@ QUICK_OUT = ROOT / "benchmarks" / "results" / "quick.json"
 GIB = 1024**3
 
 
+_LOGINS: dict[TokenKind, Callable[[int], str]] = {
+    "passthrough": servers.passthrough_login,
+    "sudo": servers.sudo_login,
+}
+"""How a caller of each kind gets its token from workspace-proxy (managed: at start)."""
+
+
 @dataclass
 class Variant:
     name: str
@@ -52,10 +62,16 @@ class Variant:
     """Whose CPU and RSS count as this variant's (for ``direct``: the upstream)."""
     headers: dict[str, str]
     workers: int
+    tokens: dict[TokenKind, str] = field(default_factory=dict)
+    """The token each kind of caller sends (``managed``: the one in ``headers``)."""
 
     @property
     def url(self) -> str:
         return self.proc.url
+
+    @property
+    def is_wp(self) -> bool:
+        return self.name.startswith(WP)
 
 
 class Bench:
@@ -76,6 +92,9 @@ class Bench:
         self.wp_workers: int | None = None
         self.client = load.BurstClient(self.cores)
         self.variants: dict[str, Variant] = {}
+        self.calls: tuple[CallType, ...] = calltypes.select(args.call_types)
+        self.call_failures: dict[str, dict[str, str]] = defaultdict(dict)
+        """scenario (``call_<key>``) -> variant -> why that call type was not measured."""
 
     def keep(self, proc: Proc) -> Proc:
         self.procs.append(proc)
@@ -105,17 +124,20 @@ class Bench:
         self.upstream = upstream
         # Direct callers and the plain proxies send a Looker token, as a client of Looker would.
         same = {"Authorization": f"token {servers.LOOKER_TOKEN}"}
+        looker: dict[TokenKind, str] = {"managed": servers.LOOKER_TOKEN}
         variants = {
-            "direct": Variant("direct", upstream, same, a.upstream_workers if have_nginx else 1)
+            "direct": Variant(
+                "direct", upstream, same, a.upstream_workers if have_nginx else 1, dict(looker)
+            )
         }
         if "nginx" in wanted and have_nginx:
             port = free_port()
             conf = servers.nginx_proxy_conf(tmp, port, upstream.port, self.workers)
             proc = self.keep(servers.start_nginx(tmp, "proxy", conf, port))
-            variants["nginx"] = Variant("nginx", proc, same, self.workers)
+            variants["nginx"] = Variant("nginx", proc, same, self.workers, dict(looker))
         if "naive" in wanted:
             proc = self.keep(servers.start_naive(tmp, upstream.url, self.workers))
-            variants["naive"] = Variant("naive", proc, same, self.workers)
+            variants["naive"] = Variant("naive", proc, same, self.workers, dict(looker))
         extra = dict(label.split("=", 1) for label in a.wp_variant)
         if WP in wanted or extra:
             if servers.wp_supports_workers(tmp, self.wp_env):
@@ -132,7 +154,9 @@ class Bench:
                 servers.start_wp(tmp, _slug(name), upstream.url, self.wp_workers, pythonpath=path)
             )
             token = {"Authorization": f"token {proc.extra['token']}"}
-            variants[name] = Variant(name, proc, token, self.wp_workers or 1)
+            variants[name] = Variant(
+                name, proc, token, self.wp_workers or 1, {"managed": proc.extra["token"]}
+            )
         # `direct` is always measured: every ratio is to it.
         order = [k for k in report.VARIANTS if k in variants]
         return {k: variants[k] for k in order + [k for k in variants if k not in order]}
@@ -152,33 +176,122 @@ class Bench:
             d = variants["direct"]
             load.download(d.url + CSV_PATH, d.headers, d.proc.pids)
 
+    def call_setup(self, variants: dict[str, Variant]) -> dict[str, dict[str, bytes]]:
+        """Log in as each kind of caller, then check every call type once through every variant
+        that measures it: variant -> call type key -> the request bytes wrk will send.
+
+        A call type a variant fails (not a 200, or an answer of the wrong size) is not measured
+        and says why on the page; the checks also pin the passthrough and sudo sessions in every
+        worker (fresh connections land on either)."""
+        refs = set(self.args.call_references)
+        measured: dict[str, dict[str, bytes]] = {}
+        for v in variants.values():
+            if not v.is_wp and v.name not in refs:
+                continue
+            needed = {call.token for call in self.calls}
+            for kind, login in _LOGINS.items():
+                if not v.is_wp or kind not in needed:
+                    continue
+                try:
+                    v.tokens[kind] = login(v.proc.port)
+                except servers.LoginError as exc:
+                    self.say(f"  {v.name}: {exc}")
+                    self.notes.append(f"{v.name}: {exc}")
+            measured[v.name] = {}
+            for call in self.calls:
+                if not (v.is_wp or call.references):
+                    continue
+                why = self.check_call(v, call)
+                if why:
+                    self.call_failures[calltypes.scenario(call)][v.name] = why
+                    self.say(f"  {call.label}: {v.name} not measured: {why}")
+                    continue
+                token = v.tokens[call.token]
+                measured[v.name][call.key] = call.request(f"127.0.0.1:{v.proc.port}", token)
+        return measured
+
+    def check_call(self, v: Variant, call: CallType) -> str:
+        """Why ``call`` cannot be measured through ``v`` ('' when it can)."""
+        token = v.tokens.get(call.token)
+        if token is None:
+            return f"no {call.token} token (its login failed)"
+        request = call.request(f"127.0.0.1:{v.proc.port}", token)
+        for _ in range(max(4, 4 * v.workers)):
+            got = load.exchange(v.proc.port, request, call.method)
+            if got.error:
+                return got.error
+            if got.status != 200:
+                return f"answered {got.status} {got.body_start[:120]!r}"
+            if got.body_bytes != call.answer_bytes:
+                return f"answered {got.body_bytes} body bytes, expected {call.answer_bytes}"
+            if not got.keep_alive:
+                note = f"{v.name} closes the connection after each {call.label}"
+                if note not in self.notes:
+                    self.notes.append(note)
+        return ""
+
     # --- scenarios -------------------------------------------------------------------------
 
-    def get(self, v: Variant, connections: int) -> dict[str, Any]:
+    def _measured(self, v: Variant, run: Callable[[], load.LoadResult]) -> dict[str, Any]:
+        """``run``'s figures plus the variant's CPU per request (process tree, /proc)."""
         pids, up_pids = v.proc.pids(), self.upstream.pids()
         cpu0, up0, t0 = cpu_seconds(pids), cpu_seconds(up_pids), time.perf_counter()
-        result = load.closed_loop(
-            v.url + USER_PATH,
-            connections=connections,
-            duration_s=self.args.duration,
-            headers=v.headers,
-            threads=self.cores,
-            workdir=self.tmp,
-        )
+        result = run()
         wall = time.perf_counter() - t0
         cpu, up = cpu_seconds(pids) - cpu0, cpu_seconds(up_pids) - up0
         out = result.as_dict()
+        out["cpu_s"] = cpu
         out["cpu_us_per_req"] = cpu / result.requests * 1e6 if result.requests else math.nan
         out["cpu_cores_busy"] = cpu / wall
         out["upstream_cores_busy"] = up / wall
         return out
 
+    def get(self, v: Variant, connections: int) -> dict[str, Any]:
+        return self._measured(
+            v,
+            lambda: load.closed_loop(
+                v.url + USER_PATH,
+                connections=connections,
+                duration_s=self.args.duration,
+                headers=v.headers,
+                threads=self.cores,
+                workdir=self.tmp,
+            ),
+        )
+
+    def call(self, v: Variant, call: CallType, request: bytes) -> dict[str, Any]:
+        """One call type at 64 connections; per byte too when its body is what counts."""
+        out = self._measured(
+            v,
+            lambda: load.closed_loop_raw(
+                v.url,
+                request,
+                method=call.method,
+                connections=64,
+                duration_s=self.args.call_duration,
+                threads=self.cores,
+                workdir=self.tmp,
+                name=f"call-{_slug(v.name)}-{call.key}",
+            ),
+        )
+        if call.per_byte:
+            moved = out["requests"] * call.per_byte
+            out["bytes_per_call"] = call.per_byte
+            out["cpu_ns_per_byte"] = out["cpu_s"] / moved * 1e9 if moved else math.nan
+        return out
+
     def download(self, v: Variant) -> dict[str, Any]:
+        pids = v.proc.pids()
+        cpu0 = cpu_seconds(pids)
         result = load.download(v.url + CSV_PATH, v.headers, v.proc.pids)
+        cpu = cpu_seconds(pids) - cpu0
         if result.status != 200 or result.bytes != self.args.download_bytes:
             self.say(f"  {v.name}: download answered {result.status} with {result.bytes} bytes")
             result.gb_per_s = math.nan
-        return result.as_dict()
+        out = result.as_dict()
+        out["cpu_s"] = cpu
+        out["cpu_ns_per_byte"] = cpu / result.bytes * 1e9 if result.bytes else math.nan
+        return out
 
     def burst(self, v: Variant) -> dict[str, Any]:
         before = listen_overflows()
@@ -211,6 +324,10 @@ class Bench:
         variants = self.variants = self.start(have_nginx, a.variants)
         self.say("servers up: " + ", ".join(f"{v.name} ({v.workers}w)" for v in variants.values()))
         self.warm_up(variants)
+        calls: dict[str, dict[str, bytes]] = {}
+        if "calltypes" in a.scenarios:
+            self.say("call types: logging in as each kind of caller, checking each type")
+            calls = self.call_setup(variants)
         emulator = self.keep(servers.start_emulator(self.tmp)) if "cold" in a.scenarios else None
         for rnd in range(a.rounds):
             names = list(variants)
@@ -227,6 +344,21 @@ class Bench:
                         f"  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms"
                         f"  {r['cpu_us_per_req']:6.0f} us/req  errors {r['errors']}"
                     )
+            for call in self.calls if calls else ():
+                for name in order:
+                    request = calls.get(name, {}).get(call.key)
+                    if request is None:
+                        continue
+                    r = self.call(variants[name], call, request)
+                    self.raw[calltypes.scenario(call)][name].append(r)
+                    per_byte = (
+                        f"  {r['cpu_ns_per_byte']:.2f} ns/byte" if "cpu_ns_per_byte" in r else ""
+                    )
+                    self.say(
+                        f"  {call.label:20} {name:16} {r['rps']:>9,.0f} req/s"
+                        f"  p50 {r['p50_ms']:.3f} ms  {r['cpu_us_per_req']:6.0f} us/call"
+                        f"{per_byte}  errors {r['errors']}"
+                    )
             if "download" in a.scenarios:
                 for name in order:
                     r = self.download(variants[name])
@@ -234,6 +366,7 @@ class Bench:
                     self.say(
                         f"  download {name:16} {r['gb_per_s']:.2f} GB/s"
                         f"  RSS +{r['rss_growth_mib']:.1f} MiB"
+                        f"  CPU {r['cpu_ns_per_byte']:.2f} ns/byte"
                     )
             if "burst" in a.scenarios:
                 for name in order:
@@ -277,17 +410,38 @@ def _emulator_stats(emulator: Proc) -> dict[str, int]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="1 round of 2 s runs (under a minute)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 round of 1 s runs, call types through workspace-proxy only (about a minute)",
+    )
     p.add_argument("--rounds", type=int, help="rounds (default 3; 1 with --quick)")
-    p.add_argument("--duration", type=int, help="seconds per closed-loop run (5; 2 quick)")
+    p.add_argument("--duration", type=int, help="seconds per closed-loop run (5; 1 quick)")
     p.add_argument("--warmup-s", type=int, help="seconds of warm-up per variant (1)")
     p.add_argument("--workers", type=int, help="workers per proxy (default: cores)")
     p.add_argument("--upstream-workers", type=int, default=1, help="nginx upstream workers")
     p.add_argument("--variants", default=",".join(report.VARIANTS), help="comma-separated")
     p.add_argument(
         "--scenarios",
-        default="get1,get64,download,burst,cold",
-        help="comma-separated subset of get1,get64,download,burst,cold",
+        default="get1,get64,calltypes,download,burst,cold",
+        help="comma-separated subset of get1,get64,calltypes,download,burst,cold (calltypes"
+        " judges large bodies per byte against the download: run both for that ratio)",
+    )
+    p.add_argument(
+        "--call-types",
+        default="all",
+        help="call types of the calltypes scenario: all, or a comma-separated subset of "
+        + ",".join(calltypes.BY_KEY),
+    )
+    p.add_argument(
+        "--call-duration",
+        type=int,
+        help="seconds per call-type run (default 3, or --duration if shorter; 1 quick)",
+    )
+    p.add_argument(
+        "--call-references",
+        help="variants measured with the call types as references besides workspace-proxy"
+        " (default direct,nginx; none with --quick)",
     )
     p.add_argument("--burst", type=int, default=2000, help="concurrent 1 s requests")
     p.add_argument("--slow-s", type=float, default=1.0, help="upstream delay of the burst path")
@@ -336,8 +490,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.docs is None:
         args.docs = "" if args.quick else str(DEFAULT_DOCS)
     args.rounds = args.rounds or (1 if args.quick else 3)
-    args.duration = args.duration or (2 if args.quick else 5)
+    args.duration = args.duration or (1 if args.quick else 5)
     args.warmup_s = args.warmup_s or 1
+    args.call_duration = args.call_duration or (1 if args.quick else min(args.duration, 3))
+    if args.call_references is None:
+        args.call_references = "" if args.quick else "direct,nginx"
+    args.call_references = [v.strip() for v in args.call_references.split(",") if v.strip()]
+    try:
+        calltypes.select(args.call_types)
+    except ValueError as exc:
+        _parser().error(str(exc))
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     started = time.monotonic()
@@ -367,6 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "burst_requests": args.burst,
         "cold_requests": args.cold,
         "download_bytes": args.download_bytes,
+        "call_duration_s": args.call_duration,
         "loadavg_before": _loadavg(),
     }
     say(f"machine: {meta['machine']['line']}")
@@ -395,9 +558,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         meta["workers"]["asyncio upstream"] = 1
     meta["loadavg_after"] = _loadavg()
     meta["notes"] = bench.notes
+    meta["call_failures"] = {k: dict(v) for k, v in bench.call_failures.items()}
     results = assemble(meta, bench.raw)
     for t in results["targets"]:
         say(f"target {t['name']:12} {report._verdict(t['pass']):10} {t['measured']}")
+    for row in results["calltypes"]:
+        if row["target"] != "—":
+            say(f"target {row['key']:16} {report._verdict(row['pass']):10} {row['measured']}")
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -423,6 +590,7 @@ def assemble(
         "ratios": report.ratios(summary),
         "added_latency": report.added_latency(summary),
         "targets": report.targets(summary, plain, cold),
+        "calltypes": report.calltype_rows(summary, plain, meta.get("call_failures", {})),
         "raw": plain,
     }
 

@@ -27,10 +27,14 @@ from benchmarks.system import free_port, process_tree
 # --- Looker-shaped fixed answers -------------------------------------------------------------
 
 LOOKER_TOKEN = "benchlookertoken0123456789abcdefghijklmnopqrstuv"
-LOGIN_JSON = json.dumps(
-    {"access_token": LOOKER_TOKEN, "token_type": "Bearer", "expires_in": 3600},
-    separators=(",", ":"),
-)
+
+
+def login_json(token: str) -> str:
+    return json.dumps(
+        {"access_token": token, "token_type": "Bearer", "expires_in": 3600}, separators=(",", ":")
+    )
+
+
 SESSION_JSON = json.dumps(
     {"workspace_id": "dev", "sudo_user_id": None, "can": {"view": True, "update": True}},
     separators=(",", ":"),
@@ -59,20 +63,40 @@ USER_JSON = json.dumps(
     separators=(",", ":"),
 )
 
+# What Looker answers a body upload (``POST /api/4.0/queries``), after reading the whole body.
+UPLOAD_JSON = json.dumps(
+    {"id": "1001", "model": "bench", "view": "orders", "client_id": "bQ3kX9", "can": {}},
+    separators=(",", ":"),
+)
+
 REPO = Path(__file__).resolve().parents[1]
 USER_PATH = "/api/4.0/user"
 CSV_PATH = "/api/4.0/queries/1/run/csv"
 SLOW_PATH = "/api/4.0/queries/42/run/json"
+UPLOAD_PATH = "/api/4.0/queries"
+MIB_PATH = "/api/4.0/queries/2/run/json"
+"""A 1 MiB JSON answer (a static file)."""
+SUDO_PATH = "/api/4.0/login/{user_id}"
 GIB = 1024**3
+MIB = 1024**2
 
 # Caller and Looker credentials for the generated workspace-proxy config. The Looker pair is the
 # bundled emulator's built-in "analytics" API user; nginx accepts any credentials.
 CALLER_ID = "bench-caller"
+# A second managed team that allows sudo (its own caller and Looker API user), and a
+# passthrough team whose callers log in with their own Looker API credentials.
+SUDO_CALLER_ID = "bench-sudo-caller"
+SUDO_USER_ID = "7"
+PASSTHROUGH_LOOKER_ID = "bench-passthrough-client-id"
+PASSTHROUGH_LOOKER_SECRET = "bench-passthrough-client-secret"
 ENV: dict[str, str] = {
     "WP_BENCH_SIGNING_KEY": "benchmark-signing-key-0123456789-abcdefghijklmnop",
     "WP_BENCH_LOOKER_ID": "analytics-client-id",
     "WP_BENCH_LOOKER_SECRET": "analytics-client-secret",
     "WP_BENCH_CALLER_SECRET": "bench-caller-secret-0123456789",
+    "WP_BENCH_SUDO_LOOKER_ID": "bench-sudo-admin-client-id",
+    "WP_BENCH_SUDO_LOOKER_SECRET": "bench-sudo-admin-client-secret",
+    "WP_BENCH_SUDO_CALLER_SECRET": "bench-sudo-caller-secret-0123456789",
 }
 
 
@@ -228,11 +252,20 @@ def http_call(
 # --- fixtures and the upstream ---------------------------------------------------------------
 
 
+def mib_json(size: int = MIB) -> bytes:
+    """A JSON document of exactly ``size`` bytes (the 1 MiB answer)."""
+    head, tail = b'{"rows":["', b'"]}'
+    return head + b"r" * (size - len(head) - len(tail)) + tail
+
+
 def write_fixtures(root: Path, download_bytes: int) -> Path:
-    """Static files nginx serves as Looker: the user JSON and a sparse CSV of the given size."""
+    """Static files nginx serves as Looker: the user JSON, a 1 MiB JSON answer and a sparse CSV
+    of the given size."""
     www = root / "www"
     (www / "api/4.0/queries/1/run").mkdir(parents=True, exist_ok=True)
+    (www / "api/4.0/queries/2/run").mkdir(parents=True, exist_ok=True)
     (www / "api/4.0/user").write_text(USER_JSON)
+    (www / MIB_PATH.lstrip("/")).write_bytes(mib_json())
     csv = www / "api/4.0/queries/1/run/csv"
     with csv.open("wb") as f:
         f.truncate(download_bytes)  # sparse: reads cost no disk I/O; the proxy never parses it
@@ -261,9 +294,20 @@ def _nginx_temp_paths(tmp: Path, name: str) -> str:
 
 
 def nginx_upstream_conf(tmp: Path, www: Path, port: int, slow_port: int, workers: int) -> str:
-    """Looker as fixed answers: static JSON, login/session via ``return``, slow path proxied."""
-    login = LOGIN_JSON.replace("'", "\\'")
+    """Looker as fixed answers: static JSON, login/session via ``return``, slow path proxied.
+
+    Every login (the team's, a passthrough caller's, a sudo) answers a token of its own
+    (``$request_id``). ``HEAD /api/4.0/user`` answers ``Content-Length: 0``: wrk's parser does
+    not know that a HEAD answer has no body and would wait for 579 bytes. A body upload
+    (``POST /api/4.0/queries``) is answered only once its whole body has been read: ``return``
+    alone would answer as soon as the head is in and discard the body afterwards (an early
+    answer, which Looker does not give), so the location reads the body into memory (proxy
+    module, request buffering) and asks a second server block for the fixed answer without it.
+    """
+    login = login_json("bench$request_id").replace("'", "\\'")
+    sudo = login_json("benchsudo$request_id").replace("'", "\\'")
     session = SESSION_JSON.replace("'", "\\'")
+    upload = UPLOAD_JSON.replace("'", "\\'")
     return f"""{_nginx_common(tmp, "upstream", workers)}
 http {{
   access_log off;
@@ -273,13 +317,32 @@ http {{
   keepalive_requests 10000000;
   keepalive_timeout 120s;
   default_type application/json;
+  client_max_body_size 64m;
   upstream slow {{ server 127.0.0.1:{slow_port}; keepalive 64; }}
+  upstream ack {{ server unix:{tmp}/upstream-ack.sock; keepalive 64; keepalive_requests 10000000; }}
+  server {{
+    listen unix:{tmp}/upstream-ack.sock;
+    location / {{ return 200 '{upload}'; }}
+  }}
   server {{
     listen 127.0.0.1:{port} backlog=4096;
     root {www};
     location = /api/4.0/login {{ return 200 '{login}'; }}
+    location ~ ^/api/4\\.0/login/[0-9]+$ {{ return 200 '{sudo}'; }}
     location = /api/4.0/session {{ return 200 '{session}'; }}
     location = /api/4.0/logout {{ return 204; }}
+    location = {USER_PATH} {{
+      if ($request_method = HEAD) {{ return 200; }}
+    }}
+    location = {UPLOAD_PATH} {{
+      client_body_buffer_size 2m;
+      proxy_pass http://ack;
+      proxy_http_version 1.1;
+      proxy_pass_request_body off;
+      proxy_set_header Connection "";
+      proxy_set_header Content-Length "";
+      proxy_set_header Transfer-Encoding "";
+    }}
     location = {SLOW_PATH} {{
       proxy_pass http://slow;
       proxy_http_version 1.1;
@@ -293,7 +356,11 @@ http {{
 
 
 def nginx_proxy_conf(tmp: Path, port: int, upstream_port: int, workers: int) -> str:
-    """nginx as a plain reverse proxy: upstream keep-alive, access log on (buffered)."""
+    """nginx as a plain reverse proxy: upstream keep-alive, access log on (buffered).
+
+    Request bodies are streamed (``proxy_request_buffering off``), as workspace-proxy streams
+    them, rather than spooled to a temporary file; 64 MiB at most, as workspace-proxy's default.
+    """
     return f"""{_nginx_common(tmp, "proxy", workers)}
 http {{
   access_log {tmp}/nginx-proxy-access.log combined buffer=64k flush=1s;
@@ -307,8 +374,10 @@ http {{
   }}
   server {{
     listen 127.0.0.1:{port} backlog=4096;
+    client_max_body_size 64m;
     location / {{
       proxy_pass http://looker;
+      proxy_request_buffering off;
       proxy_http_version 1.1;
       proxy_set_header Connection "";
       proxy_read_timeout 60s;
@@ -379,7 +448,10 @@ def wp_config(looker_url: str, port: int, admin_port: int) -> dict[str, Any]:
     """A real config: one team pinned to dev, one caller, access log (info) and metrics on.
 
     ``max_connections`` and ``max_concurrency`` are raised from their defaults (1000 and 256 per
-    process) so that the 2,000-request burst measures the proxy and not a configured cap.
+    process) so that the 2,000-request burst measures the proxy and not a configured cap. Two
+    more teams serve the call-type scenario: ``bench-sudo`` (managed, ``allow_sudo: true``) and
+    ``bench-passthrough`` (callers log in with their own Looker credentials). Sessions are
+    pinned on first use, so the other scenarios never touch them.
     """
     return {
         "looker": {
@@ -403,24 +475,83 @@ def wp_config(looker_url: str, port: int, admin_port: int) -> dict[str, Any]:
                 "callers": [
                     {"client_id": CALLER_ID, "client_secret": {"env": "WP_BENCH_CALLER_SECRET"}}
                 ],
-            }
+            },
+            "bench-sudo": {
+                "workspace": "dev",
+                "looker_client_id": {"env": "WP_BENCH_SUDO_LOOKER_ID"},
+                "looker_client_secret": {"env": "WP_BENCH_SUDO_LOOKER_SECRET"},
+                "max_concurrency": 4096,
+                "allow_sudo": True,
+                "callers": [
+                    {
+                        "client_id": SUDO_CALLER_ID,
+                        "client_secret": {"env": "WP_BENCH_SUDO_CALLER_SECRET"},
+                    }
+                ],
+            },
+            "bench-passthrough": {
+                "mode": "passthrough",
+                "workspace": "dev",
+                "looker_client_ids": [PASSTHROUGH_LOOKER_ID],
+                "max_concurrency": 4096,
+            },
         },
     }
 
 
-def caller_login(port: int) -> str | None:
-    body = f"client_id={CALLER_ID}&client_secret={ENV['WP_BENCH_CALLER_SECRET']}".encode()
-    status, raw = http_call(
+def _access_token(status: int, raw: bytes) -> str | None:
+    if status != 200:
+        return None
+    try:
+        token = json.loads(raw).get("access_token")
+    except (ValueError, AttributeError):
+        return None
+    return token if isinstance(token, str) else None
+
+
+def _login(port: int, client_id: str, client_secret: str) -> tuple[int, bytes]:
+    return http_call(
         port,
         "POST",
         "/api/4.0/login",
-        body=body,
+        body=f"client_id={client_id}&client_secret={client_secret}".encode(),
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
-    if status != 200:
-        return None
-    token = json.loads(raw).get("access_token")
-    return token if isinstance(token, str) else None
+
+
+def caller_login(port: int) -> str | None:
+    return _access_token(*_login(port, CALLER_ID, ENV["WP_BENCH_CALLER_SECRET"]))
+
+
+class LoginError(RuntimeError):
+    """A login the call-type scenario needs was refused (the message says which and how)."""
+
+
+def passthrough_login(port: int) -> str:
+    """A passthrough caller's login through the proxy: its sealed proxy token (``wp2.``)."""
+    status, raw = _login(port, PASSTHROUGH_LOOKER_ID, PASSTHROUGH_LOOKER_SECRET)
+    token = _access_token(status, raw)
+    if token is None:
+        raise LoginError(f"passthrough login answered {status}: {raw[:200]!r}")
+    return token
+
+
+def sudo_login(port: int) -> str:
+    """The sudo team's caller logs in, then ``POST /api/4.0/login/{id}``: the sudo token."""
+    status, raw = _login(port, SUDO_CALLER_ID, ENV["WP_BENCH_SUDO_CALLER_SECRET"])
+    caller = _access_token(status, raw)
+    if caller is None:
+        raise LoginError(f"the sudo team's caller login answered {status}: {raw[:200]!r}")
+    status, raw = http_call(
+        port,
+        "POST",
+        SUDO_PATH.format(user_id=SUDO_USER_ID),
+        headers={"Authorization": f"token {caller}"},
+    )
+    token = _access_token(status, raw)
+    if token is None:
+        raise LoginError(f"sudo (POST /login/{SUDO_USER_ID}) answered {status}: {raw[:200]!r}")
+    return token
 
 
 def start_wp(
