@@ -81,6 +81,8 @@ class QueryTask:
     polls_left: int = 0
     status: str = "added"
     error: str | None = None
+    number: int = 0
+    """Its running query's id (RunningQueries.id: a number, an integer in 3.1)."""
 
     def observe(self) -> str:
         """A status read: "running" while `polls_left`, then "complete" or "error"."""
@@ -109,6 +111,8 @@ MODELS = (
 )
 _LOOKS = {"1": ("Revenue", "sales"), "2": ("Customers", "sales")}
 _DASHBOARDS = {"1": ("Sales Overview", "sales")}
+LOOK_IDS = tuple(_LOOKS)
+DASHBOARD_IDS = tuple(_DASHBOARDS)
 
 
 def tag(title: str, workspace: str) -> str:
@@ -215,8 +219,12 @@ def find_model(workspace: str, name: str) -> LookmlModel | None:
     return found
 
 
+def visible_models(workspace: str) -> tuple[LookmlModel, ...]:
+    return tuple(m for m in MODELS if find_model(workspace, m.name))
+
+
 def lookml_models(workspace: str) -> list[Json]:
-    return [lookml_model(m, workspace) for m in MODELS if find_model(workspace, m.name)]
+    return [lookml_model(m, workspace) for m in visible_models(workspace)]
 
 
 def lookml_model(model: LookmlModel, workspace: str) -> Json:
@@ -461,7 +469,7 @@ def task_result(task: QueryTask, item: Query) -> Json:
 def running_query(task: QueryTask, item: Query, origin: str) -> Json:
     """RunningQueries: one query task still being worked on."""
     return {
-        "id": task.id,
+        "id": str(task.number),
         "query_task_id": task.id,
         "query_id": item.id,
         "query": query(item, origin),
