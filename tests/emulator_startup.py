@@ -17,8 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+from http.client import HTTPConnection
 from pathlib import Path
 
 POLL_S = 0.002
@@ -36,18 +35,18 @@ def rss_mib(pid: int) -> float:
     return int(kib) / 1024
 
 
-def status_of(request: urllib.request.Request) -> int:
+def request(port: int, method: str, path: str, **kwargs: object) -> tuple[int, bytes]:
+    connection = HTTPConnection("127.0.0.1", port, timeout=5)
     try:
-        with urllib.request.urlopen(request, timeout=5) as resp:  # noqa: S310 (loopback only)
-            resp.read()
-            return int(resp.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
+        connection.request(method, path, **kwargs)  # type: ignore[arg-type]
+        answer = connection.getresponse()
+        return answer.status, answer.read()
+    finally:
+        connection.close()
 
 
 def one_run() -> tuple[float, float, float]:
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
     started = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "workspace_proxy", "emulator", "--port", str(port)],
@@ -57,21 +56,20 @@ def one_run() -> tuple[float, float, float]:
     try:
         while True:
             try:
-                if status_of(urllib.request.Request(f"{base}/versions")) == 200:
+                if request(port, "GET", "/versions")[0] == 200:
                     break
-            except (urllib.error.URLError, ConnectionError):
+            except ConnectionError:
                 if proc.poll() is not None:
                     raise RuntimeError("the emulator exited") from None
                 time.sleep(POLL_S)
         startup_ms = (time.perf_counter() - started) * 1000
         rss_first = rss_mib(proc.pid)
-        form = b"client_id=analytics-client-id&client_secret=analytics-client-secret"
-        login = urllib.request.Request(f"{base}/api/4.0/login", data=form, method="POST")
-        with urllib.request.urlopen(login, timeout=5) as resp:  # noqa: S310 (loopback only)
-            token = json.loads(resp.read())["access_token"]
+        form = "client_id=analytics-client-id&client_secret=analytics-client-secret"
+        form_type = {"Content-Type": "application/x-www-form-urlencoded"}
+        _, body = request(port, "POST", "/api/4.0/login", body=form, headers=form_type)
+        token = json.loads(body)["access_token"]
         for path in ("/api/4.0/connections", "/api/3.1/connections"):
-            headers = {"Authorization": f"token {token}"}
-            status_of(urllib.request.Request(f"{base}{path}", headers=headers))
+            request(port, "GET", path, headers={"Authorization": f"token {token}"})
         return startup_ms, rss_first, rss_mib(proc.pid)
     finally:
         proc.terminate()
