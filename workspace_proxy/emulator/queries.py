@@ -10,9 +10,10 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
-from . import content
+from . import content, results
 from .call import ApiError, Call, json_object, ok, optional_str, reason, str_list, validation_error
-from .content import Json, Query, QueryTask
+from .content import Json
+from .results import Query, QueryTask
 
 
 async def create_query(call: Call) -> web.StreamResponse:
@@ -44,7 +45,7 @@ async def create_query(call: Call) -> web.StreamResponse:
         filter_expression=filter_expression or None,
     )
     call.emu.queries[query.id] = query
-    return ok(call, content.query(query, call.origin))
+    return ok(call, results.query(query, call.origin))
 
 
 def query_of(call: Call) -> Query:
@@ -55,7 +56,7 @@ def query_of(call: Call) -> Query:
 
 
 async def get_query(call: Call) -> web.StreamResponse:
-    return ok(call, content.query(query_of(call), call.origin))
+    return ok(call, results.query(query_of(call), call.origin))
 
 
 _TEXT_FORMATS = {"csv": (",", "text/csv"), "txt": ("\t", "text/plain")}
@@ -67,18 +68,18 @@ async def run_query(call: Call) -> web.StreamResponse:
         raise ApiError(404, "Not found")
     result_format = call.params["result_format"]
     size = emulator_bytes(call.request)
-    rows = content.row_count(call.request.query.get("limit", query.limit))
+    rows = results.row_count(call.request.query.get("limit", query.limit))
     if result_format in _TEXT_FORMATS:
         sep, content_type = _TEXT_FORMATS[result_format]
         if size is None:
-            return await stream(call, [content.table(query, workspace, rows, sep)], content_type)
-        return await stream(call, content.bulk_table(query, workspace, sep, size), content_type)
+            return await stream(call, [results.table(query, workspace, rows, sep)], content_type)
+        return await stream(call, results.bulk_table(query, workspace, sep, size), content_type)
     if size is not None:
         raise ApiError(400, "emulator_bytes needs result_format csv or txt")
     if result_format == "json":
-        return web.json_response(content.json_rows(query, workspace, rows))
+        return web.json_response(results.json_rows(query, workspace, rows))
     if result_format == "sql":
-        return web.Response(text=content.sql(query, workspace), content_type="text/plain")
+        return web.Response(text=results.sql(query, workspace), content_type="text/plain")
     raise ApiError(400, f"Unsupported result format '{result_format}'")
 
 
@@ -129,10 +130,10 @@ async def create_query_task(call: Call) -> web.StreamResponse:
         raise validation_error("query_id", "missing", "query_id is required")
     if not result_format:
         raise validation_error("result_format", "missing", "result_format is required")
-    if result_format not in content.RESULT_FORMATS:
-        message = f"result_format must be one of {', '.join(content.RESULT_FORMATS)}"
+    if result_format not in results.RESULT_FORMATS:
+        message = f"result_format must be one of {', '.join(results.RESULT_FORMATS)}"
         raise validation_error("result_format", "invalid", message)
-    if result_format not in content.TASK_FORMATS:
+    if result_format not in results.TASK_FORMATS:
         raise ApiError(400, f"Unsupported result format '{result_format}'")
     query = call.emu.queries.get(query_id)
     if query is None:
@@ -147,11 +148,11 @@ async def create_query_task(call: Call) -> web.StreamResponse:
         result_format=result_format,
         force_production=forced,
         polls_left=call.emu.query_task_polls,
-        error=content.compile_error(query, workspace),
+        error=results.compile_error(query, workspace),
         number=len(call.emu.query_tasks) + 1,
     )
     call.emu.query_tasks[task.id] = task
-    return ok(call, content.query_task(task, query, call.origin))
+    return ok(call, results.query_task(task, query, call.origin))
 
 
 def own_task(call: Call, task_id: str) -> QueryTask | None:
@@ -165,7 +166,7 @@ async def query_task(call: Call) -> web.StreamResponse:
     if task is None:
         raise ApiError(404, "Not found")
     task.observe()
-    return ok(call, content.query_task(task, call.emu.queries[task.query_id], call.origin))
+    return ok(call, results.query_task(task, call.emu.queries[task.query_id], call.origin))
 
 
 async def query_task_results(call: Call) -> web.StreamResponse:
@@ -174,7 +175,7 @@ async def query_task_results(call: Call) -> web.StreamResponse:
     if task is None:
         raise ApiError(404, "Not found")
     task.observe()
-    result = content.task_result(task, call.emu.queries[task.query_id])
+    result = results.task_result(task, call.emu.queries[task.query_id])
     if result["status"] == "error" and task.result_format != "json_detail":
         raise ApiError(400, task.error or reason(400))
     if result["status"] in ("complete", "error"):
@@ -201,14 +202,14 @@ async def query_task_multi_results(call: Call) -> web.StreamResponse:
             out[task_id] = {"status": "missing"}
         else:
             task.observe()
-            out[task_id] = content.task_result(task, call.emu.queries[task.query_id])
+            out[task_id] = results.task_result(task, call.emu.queries[task.query_id])
     return web.json_response(out)
 
 
 async def all_running_queries(call: Call) -> web.StreamResponse:
     user = call.authenticate().user
     running = [
-        content.running_query(task, call.emu.queries[task.query_id], call.origin)
+        results.running_query(task, call.emu.queries[task.query_id], call.origin)
         for task in call.emu.query_tasks.values()
         if task.user_id == user.id and task.status in ("added", "running")
     ]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from . import admin, api, content
+from . import admin, api, content, results
 from .call import CallInfo
 from .model import DEFAULT_USERS, ApiUser, AuditEntry, Faults, load_users
 from .resources import Store
@@ -55,8 +55,8 @@ class LookerEmulator:
         self.server: TestServer | None = None
         self.tokens = TokenStore(clock)
         self.git = GitState(self.users, content.PROJECTS)
-        self.queries: dict[str, content.Query] = {}
-        self.query_tasks: dict[str, content.QueryTask] = {}
+        self.queries: dict[str, results.Query] = {}
+        self.query_tasks: dict[str, results.QueryTask] = {}
         self.store = Store()  # generic resources callers created, updated or deleted
         self.query_task_polls = 1  # status reads that say "running" before a task finishes
         self._release = asyncio.Event()
