@@ -76,7 +76,7 @@ def check_body(spec: Spec, op: Operation, body: Any) -> None:
 
 def _problems(spec: Spec, schema: Schema, value: Any, where: str) -> list[Json]:
     schema = spec.resolve(schema)
-    kind = schema.get("type")
+    kind = schema.get("type") or ("object" if "properties" in schema else None)
     if value is None:
         if schema.get("nullable") or kind in (None, "any"):
             return []
