@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from . import admin, api, content
+from . import admin, api, content, results
+from .call import CallInfo
 from .model import DEFAULT_USERS, ApiUser, AuditEntry, Faults, load_users
+from .resources import Store
 from .state import GitState, Session, TokenStore
 
 if TYPE_CHECKING:
@@ -33,7 +35,7 @@ class LookerEmulator:
         token_ttl: int = 3600,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.users = tuple(users)
+        self.users: tuple[ApiUser, ...] = tuple(users)
         if not self.users:
             raise ValueError("LookerEmulator needs at least one user")
         self._by_client_id = {u.client_id: u for u in self.users}
@@ -53,8 +55,9 @@ class LookerEmulator:
         self.server: TestServer | None = None
         self.tokens = TokenStore(clock)
         self.git = GitState(self.users, content.PROJECTS)
-        self.queries: dict[str, content.Query] = {}
-        self.query_tasks: dict[str, content.QueryTask] = {}
+        self.queries: dict[str, results.Query] = {}
+        self.query_tasks: dict[str, results.QueryTask] = {}
+        self.store = Store()  # generic resources callers created, updated or deleted
         self.query_task_polls = 1  # status reads that say "running" before a task finishes
         self._release = asyncio.Event()
         self._arrival = asyncio.Event()
@@ -173,7 +176,7 @@ class LookerEmulator:
         index = len(self.audit) - 1
         self._arrival.set()
         self._arrival = asyncio.Event()
-        info = api.CallInfo()
+        info = CallInfo()
         status = 500
         try:
             if self.faults.latency_s > 0:
