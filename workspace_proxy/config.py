@@ -123,6 +123,14 @@ TEAM_CONFLICTS: Final = (
 )
 
 
+SECRET_SOURCES: Final = {
+    "env": "the name of an environment variable of the proxy that holds the secret",
+    "file": "the path of a file that holds the secret (read once, whitespace-trimmed)",
+}
+"""Where a secret comes from: a secret is written ``{env: VARIABLE}`` or ``{file: PATH}``; a
+missing variable or an unreadable or empty file is an error. Its value is never shown."""
+
+
 class Secret:
     """A secret string. ``repr``/``str`` never show it; ``reveal()`` is the one way out."""
 
@@ -335,7 +343,8 @@ class Config:
     looker: LookerConfig
     """The Looker instance the proxy forwards to."""
     teams: Mapping[str, TeamConfig] = field(metadata=Spec(non_empty=True, pattern=TEAM_NAME).meta)
-    """The teams, by name; each is pinned to one workspace."""
+    """The teams, by name (letters, digits, `_`, `-`, `.`; at most 64); each is pinned to one
+    workspace."""
     token_signing_key: Secret
     """At least 32 random characters, the same on every replica: signs proxy tokens and keys
     sealed passthrough tokens (HKDF)."""
@@ -543,7 +552,7 @@ def _secret(
             problems.add(path, "must not be empty")
             return None
         return Secret(raw)
-    if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in ("env", "file"):
+    if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in SECRET_SOURCES:
         form = "a string, " if allow_plain else ""
         problems.add(path, f"must be {form}{{env: VARIABLE}} or {{file: /path/to/secret}}")
         return None
