@@ -705,6 +705,11 @@ def _team(name: str, raw: object, env: Env, problems: _Problems) -> TeamConfig |
             data["looker_client_secret"], _join(path, "looker_client_secret"), env, problems
         )
     callers = _callers(data.get("callers"), _join(path, "callers"), env, problems)
+    if mode != "passthrough" and "callers" in data and data["callers"] is None:
+        # ``callers:`` left empty: refused like ``callers: []`` (it once dropped the team)
+        problems.add(
+            _join(path, "callers"), "must be a non-empty list of {client_id, client_secret}"
+        )
     client_ids: tuple[str, ...] = ()
     if mode == "passthrough":
         client_ids = _client_ids(
