@@ -9,6 +9,7 @@ these tests fail rather than skip."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from collections import defaultdict
@@ -352,3 +353,41 @@ async def test_every_metric_and_label_used_is_exported(
         re.sub(r"_(total|bucket|sum|count)$", "", m) for m in used
     }
     assert not unused, "exported but on no panel and in no rule"
+
+
+# --- the README's instructions ----------------------------------------------------------------
+
+
+def readme_section(heading: str) -> str:
+    """The README's text under ``heading``, up to the next heading of any level."""
+    text = (OBSERVABILITY.parent.parent / "README.md").read_text(encoding="utf-8")
+    assert heading in text, f"README.md no longer has {heading!r}"
+    section = text[text.index(heading) + len(heading) :]
+    return re.split(r"^#{2,3} ", section, flags=re.M)[0]
+
+
+def test_readme_observability_snippets_work(promtool: str, tmp_path: Path) -> None:
+    """README 'Observability': the Prometheus configuration is valid and loads the rules, under
+    the job name the target-down alert looks for; the promtool commands succeed as written."""
+    section = readme_section("### Observability")
+    [prometheus_yml] = re.findall(r"^```yaml\n(.*?)^```", section, re.S | re.M)
+    config = yaml.safe_load(prometheus_yml)
+    [job] = [scrape["job_name"] for scrape in config["scrape_configs"]]
+    target_down = next(r for r in alerts() if r["alert"] == "WorkspaceProxyTargetDown")
+    assert f'job="{job}"' in target_down["expr"]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(
+        prometheus_yml.replace("deploy/observability/", f"{OBSERVABILITY}/"), encoding="utf-8"
+    )
+    output = run_promtool(promtool, "check", "config", str(path), cwd=tmp_path)
+    assert "SUCCESS: 1 rule files found" in output
+    assert f"Checking {RULES}\n  SUCCESS: {len(alerts())} rules found" in output
+    [commands] = re.findall(r"^```sh\n(.*?)^```", section, re.S | re.M)
+    root = OBSERVABILITY.parent.parent
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(promtool).parent), os.environ["PATH"]])}
+    done = subprocess.run(
+        ["bash", "-e", "-c", commands], cwd=root, env=env, capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("SUCCESS") == 2, done.stdout

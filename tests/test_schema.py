@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -735,3 +737,45 @@ def test_a_managed_team_with_empty_callers_is_refused() -> None:
     assert info.value.problems == [
         "teams.analytics.callers: must be a non-empty list of {client_id, client_secret}"
     ]
+
+
+# --- the README's editor instructions -------------------------------------------------------
+
+
+def readme_section(heading: str) -> str:
+    """The README's text under ``heading``, up to the next heading of any level."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert heading in text, f"README.md no longer has {heading!r}"
+    section = text[text.index(heading) + len(heading) :]
+    return re.split(r"^#{2,3} ", section, flags=re.M)[0]
+
+
+def fenced(section: str, language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", section, re.S | re.M)
+
+
+def test_readme_editor_snippets_work(tmp_path: Path) -> None:
+    """README 'Configuration schema': the regeneration command writes the committed schema, the
+    modeline is the one every example carries, and the VS Code mapping names the committed
+    schema for files that all validate, every example among them."""
+    section = readme_section("### Configuration schema (editors)")
+    [command] = fenced(section, "sh")
+    (tmp_path / "config").mkdir()
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    subprocess.run(
+        ["bash", "-e", "-o", "pipefail", "-c", command],
+        cwd=tmp_path,
+        env={**os.environ, "PATH": path},
+        timeout=30,
+        check=True,
+    )
+    assert (tmp_path / "config" / "schema.json").read_text() == SCHEMA_FILE.read_text()
+    [modeline] = fenced(section, "yaml")
+    assert modeline.strip() == MODELINE
+    [settings_json] = fenced(section, "json")
+    mapping = json.loads(settings_json)["yaml.schemas"]
+    assert list(mapping) == ["./config/schema.json"]
+    matched = {p for pattern in mapping["./config/schema.json"] for p in ROOT.glob(pattern)}
+    assert set(EXAMPLES) <= matched
+    for file in matched:
+        assert VALIDATOR.is_valid(yaml.safe_load(file.read_text(encoding="utf-8"))), file
