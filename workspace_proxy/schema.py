@@ -104,8 +104,8 @@ def _object(cls: type[Any], default: object, docs: Mapping[str, str]) -> dict[st
         properties[f.name] = prop
     if cls is Retry:  # refused with a hint by the validation; editors show them as deprecated
         for old, new in REMOVED_RETRY_KEYS.items():
-            properties[old] = {"description": f"Removed in 0.2: use {new}.", "deprecated": True}
-            properties[old]["not"] = {}
+            removed = {"description": f"Removed in 0.2: use {new}.", "deprecated": True}
+            properties[old] = {**removed, "not": {}}
     schema: dict[str, Any] = {"type": "object", "properties": properties}
     required = [f.name for f in yaml_fields(cls) if f.name in required_keys(cls)]
     if required:
@@ -117,7 +117,7 @@ def _object(cls: type[Any], default: object, docs: Mapping[str, str]) -> dict[st
 def _team(docs: Mapping[str, str]) -> dict[str, Any]:
     """A team: its keys, with what each mode requires and refuses, and the conflicts."""
     schema = _object(TeamConfig, None, docs)
-    schema["description"] = _flat(TeamConfig.__doc__ or "")
+    schema["description"] = docs["TeamConfig"]
     schema["properties"] = {
         "mode": {
             "description": docs["TEAM_MODES"],
