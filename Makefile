@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest demo bench bench-quick clean
+.PHONY: test lint typecheck pytest demo bench bench-quick schema clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.revocations --samples 200
 	$(BIN)/python -m benchmarks.run --quick
 	$(BIN)/python -m benchmarks.recovery --quick
+
+# The configuration's JSON Schema, for editors; a test keeps config/schema.json equal to it.
+schema: $(STAMP)
+	$(BIN)/workspace-proxy schema > config/schema.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build *.egg-info

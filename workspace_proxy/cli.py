@@ -1,4 +1,4 @@
-"""Command line: ``workspace-proxy serve|check-config|emulator|demo``. Sole owner of exit codes.
+"""Command line: ``workspace-proxy serve|check-config|schema|emulator|demo``; owns exit codes.
 
 Exit codes: 0 success (including a graceful shutdown), 1 runtime failure, 2 usage or invalid
 configuration.
@@ -11,6 +11,7 @@ import asyncio
 import ctypes
 import dataclasses
 import gc
+import json
 import os
 import signal
 import sys
@@ -72,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and summarise it")
     check.add_argument("config", help="YAML config file")
 
+    sub.add_parser("schema", help="print the JSON Schema of the config file (for editors)")
+
     emu = sub.add_parser("emulator", help="run the bundled Looker emulator")
     emu.add_argument("--host", default="127.0.0.1")
     emu.add_argument("--port", type=int, default=19999)
@@ -88,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check-config":
             return _check_config(args.config)
+        if args.command == "schema":
+            return _schema()
         if args.command == "emulator":
             return _emulator(args)
         if args.command == "demo":
@@ -111,6 +116,13 @@ def _check_config(path: str) -> int:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
     print(summary(config))
+    return EXIT_OK
+
+
+def _schema() -> int:
+    from workspace_proxy.schema import config_schema
+
+    print(json.dumps(config_schema(), indent=2, ensure_ascii=False))
     return EXIT_OK
 
 

@@ -3,6 +3,10 @@
 ``load_config(path)`` reads the file, resolves secrets (``{env: NAME}`` or ``{file: PATH}``) and
 returns a :class:`Config`, or raises one :class:`ConfigError` that lists every problem found as
 ``path.to.key: message``. Secrets are :class:`Secret` objects that never print their value.
+
+Each YAML key is a dataclass field: its docstring describes it, and its :class:`Spec` (in the
+field's metadata) says what it may hold beyond its type. The validation below and
+``workspace_proxy.schema`` (the JSON Schema of this file format) both read them.
 """
 
 from __future__ import annotations
@@ -26,7 +30,105 @@ from workspace_proxy.errors import ConfigError
 WORKSPACES: Final = ("dev", "production")
 API_VERSIONS: Final = ("4.0", "3.1")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
-_TEAM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+TEAM_MODES: Final = ("managed", "passthrough")
+"""How a team gets its Looker sessions. ``managed`` (the default): the proxy logs in with the
+team's Looker API credentials, pins one session and forwards its callers' calls under it; callers
+log in to the proxy with the credentials listed in ``callers``. ``passthrough``: callers log in
+with their own Looker API credentials (their client ids listed in ``looker_client_ids``) and the
+proxy pins each of their sessions; it holds no Looker credentials of the team."""
+MANAGED: Final = ("managed",)
+PASSTHROUGH: Final = ("passthrough",)
+TEAM_NAME: Final = "[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
+"""A team name: letters, digits, ``_``, ``-`` and ``.``, starting with a letter or digit, at
+most 64 characters."""
+_TEAM_NAME = re.compile(f"^{TEAM_NAME}$")
+PROJECT_ID: Final = "[A-Za-z0-9_.-]+"
+BASE_URL: Final = (
+    r"[Hh][Tt][Tt][Pp][Ss]?://(?:[^\s/?#@]*@)?(?:\[[0-9A-Fa-f:.]+\]|[^\s/?#@\[\]:]+)"
+    r"(?::[0-9]{0,5})?/?"
+)
+"""The shape of ``looker.base_url`` that ``_check_url`` accepts: http(s), a host, an optional
+port, no path, query or fragment (``_check_url`` also checks the port's range)."""
+SPEC: Final = "workspace_proxy.config.Spec"
+"""The key of a field's :class:`Spec` in its metadata."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Spec:
+    """What a YAML key may hold beyond its Python type. Attached to a dataclass field as
+    ``field(metadata=Spec(...).meta)``; read by the validation below and by
+    ``workspace_proxy.schema``, so that the JSON Schema says what check-config checks."""
+
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = ()
+    """The value, or each item of a list, is one of these."""
+    pattern: str | None = None
+    """The whole string (or each mapping key, for ``teams``) matches this regular expression."""
+    non_empty: bool = False
+    """A string of at least one character; a list or mapping of at least one item."""
+    non_blank: bool = False
+    """A string (or each string of a list) with at least one character that is not whitespace."""
+    nullable: bool = False
+    """``null`` is accepted and means the default."""
+    plain: bool = False
+    """A secret that may also be written as a plain string."""
+    modes: tuple[str, ...] = TEAM_MODES
+    """For a team's keys: the team modes that use the key (any other mode refuses it)."""
+    required: bool = False
+    """Required (in its ``modes``) although the field has a default; fields without a default
+    are always required."""
+    yaml: bool = True
+    """False for fields the code fills in, which are not YAML keys."""
+
+    @property
+    def meta(self) -> dict[str, Spec]:
+        """The ``metadata`` of a dataclass field with this spec."""
+        return {SPEC: self}
+
+
+_NO_SPEC: Final = Spec()
+SET: Final = object()
+"""In a :class:`Conflict`: any value but null."""
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """Two settings of one team that cannot go together: ``key`` set to ``value`` while
+    ``other`` is ``other_value`` (:data:`SET`: any value but null). Reported at ``key``."""
+
+    key: str
+    value: object
+    other: str
+    other_value: object
+    message: str
+
+
+TEAM_CONFLICTS: Final = (
+    Conflict(
+        "git_branch",
+        SET,
+        "workspace",
+        "production",
+        "only a dev team can pin a branch (production is shared)",
+    ),
+    Conflict(
+        "allow_sudo",
+        True,
+        "git_branch",
+        SET,
+        "cannot be combined with git_branch: the dev branch belongs to each Looker user, "
+        "and the proxy will not switch other users' branches",
+    ),
+)
+
+
+SECRET_SOURCES: Final = {
+    "env": "the name of an environment variable of the proxy that holds the secret",
+    "file": "the path of a file that holds the secret (read once, whitespace-trimmed)",
+}
+"""Where a secret comes from: a secret is written ``{env: VARIABLE}`` or ``{file: PATH}``; a
+missing variable or an unreadable or empty file is an error. Its value is never shown."""
 
 
 class Secret:
@@ -54,22 +156,26 @@ class Secret:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Timeouts:
-    connect_s: float = 10.0
+    """Time limits of the proxy's calls to Looker, in seconds."""
+
+    connect_s: float = field(default=10.0, metadata=Spec(minimum=0.1).meta)
     """Opening a connection to Looker."""
-    read_s: float = 900.0
+    read_s: float = field(default=900.0, metadata=Spec(minimum=0.1).meta)
     """Longest silence while waiting for Looker's answer (queries can run for minutes)."""
-    session_s: float = 30.0
+    session_s: float = field(default=30.0, metadata=Spec(minimum=0.1).meta)
     """Total time for one login, PATCH /session or GET /session call."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Retry:
-    interval_s: float = 2.0
+    """Attempts to pin a team's session while Looker fails."""
+
+    interval_s: float = field(default=2.0, metadata=Spec(minimum=0.01).meta)
     """Mean time between two attempts to pin a team's session while Looker fails: each wait is
     drawn uniformly from half to one and a half times this (so teams spread out), and is never
     shorter than Looker's Retry-After. At 2 s a failing team costs Looker at most about 30
     attempts a minute, and is served again about 1 s (at most 3 s) after Looker heals."""
-    deadline_s: float = 15.0
+    deadline_s: float = field(default=15.0, metadata=Spec(minimum=0.0).meta)
     """How long a call may wait for a pinned session: it waits for the attempts due within this
     and is served by the first that succeeds; otherwise 503 with Retry-After = the next one."""
 
@@ -83,13 +189,26 @@ REMOVED_RETRY_KEYS: Final = {
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LookerConfig:
-    base_url: str
-    api_versions: tuple[str, ...] = API_VERSIONS
-    timeouts: Timeouts = field(default_factory=Timeouts)
-    retry: Retry = field(default_factory=Retry)
-    max_connections: int = 1000
+    """The Looker instance the proxy forwards to."""
+
+    base_url: str = field(metadata=Spec(pattern=BASE_URL).meta)
+    """Root of the Looker API host, e.g. https://example.looker.com (port 443 or 19999), no
+    /api path."""
+    api_versions: tuple[str, ...] = field(
+        default=API_VERSIONS, metadata=Spec(choices=API_VERSIONS, non_empty=True).meta
+    )
+    """API version prefixes served (/api/4.0/...); sessions are managed via the first."""
+    timeouts: Timeouts = field(default_factory=Timeouts, metadata=Spec(nullable=True).meta)
+    """Time limits of the calls to Looker."""
+    retry: Retry = field(default_factory=Retry, metadata=Spec(nullable=True).meta)
+    """Attempts to pin a team's session while Looker fails."""
+    max_connections: int = field(default=1000, metadata=Spec(minimum=1).meta)
+    """Upstream connection pool per process (idle ones close after 15 s); raised to the sum of
+    the teams' max_concurrency (+2 each) if smaller."""
     verify_tls: bool = True
-    ca_file: str | None = None
+    """Check Looker's TLS certificate."""
+    ca_file: str | None = field(default=None, metadata=Spec(nullable=True).meta)
+    """A PEM CA bundle to check Looker's certificate against (default: the system's)."""
 
     def ssl_context(self) -> ssl.SSLContext | bool:
         if not self.verify_tls:
@@ -101,8 +220,12 @@ class LookerConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Tls:
-    cert_file: str
-    key_file: str
+    """HTTPS on a listener: a PEM certificate chain and its key."""
+
+    cert_file: str = field(metadata=Spec(non_empty=True).meta)
+    """PEM file with the certificate chain (readable by the proxy)."""
+    key_file: str = field(metadata=Spec(non_empty=True).meta)
+    """PEM file with the private key (readable by the proxy)."""
 
     def server_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -112,9 +235,13 @@ class Tls:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Listen:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    tls: Tls | None = None
+    """A listening socket."""
+
+    host: str = field(default="127.0.0.1", metadata=Spec(non_empty=True).meta)
+    """Address to bind (0.0.0.0 for every IPv4 address, e.g. in a container)."""
+    port: int = field(default=8080, metadata=Spec(minimum=0, maximum=65535).meta)
+    """TCP port (0: any free port)."""
+    tls: Tls | None = field(default=None, metadata=Spec(nullable=True).meta)
     """Serve HTTPS with this certificate chain and key (PEM files)."""
 
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -123,39 +250,52 @@ class Listen:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Shutdown:
-    drain_s: float = 5.0
+    """What SIGTERM does."""
+
+    drain_s: float = field(default=5.0, metadata=Spec(minimum=0).meta)
     """After SIGTERM, keep serving (readiness already 503) this long so load balancers notice."""
-    grace_s: float = 30.0
+    grace_s: float = field(default=30.0, metadata=Spec(minimum=0).meta)
     """Then wait at most this long for in-flight requests before exiting."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
-    max_request_body_bytes: int = 64 * 1024 * 1024
-    replay_buffer_bytes: int = 64 * 1024
+    """Bounds on what one request may hold."""
+
+    max_request_body_bytes: int = field(default=64 * 1024 * 1024, metadata=Spec(minimum=1).meta)
+    """Larger request bodies get 413."""
+    replay_buffer_bytes: int = field(default=64 * 1024, metadata=Spec(minimum=0).meta)
     """Request bodies up to this size are buffered so the call can be replayed after a re-login."""
-    max_header_bytes: int = 8190
+    max_header_bytes: int = field(default=8190, metadata=Spec(minimum=1024).meta)
     """Longest request line (414 beyond) or header line (431 beyond)."""
-    max_headers: int = 128
+    max_headers: int = field(default=128, metadata=Spec(minimum=16).meta)
     """Most header lines Looker receives for one request (431 beyond): a caller may send this
     many minus the ones the proxy adds (``headers.ADDED``)."""
-    body_idle_timeout_s: float = 60.0
+    body_idle_timeout_s: float = field(default=60.0, metadata=Spec(minimum=0.1).meta)
     """A caller whose request body stalls longer than this gets 408 (its slot is freed)."""
-    body_timeout_s: float = 300.0
+    body_timeout_s: float = field(default=300.0, metadata=Spec(minimum=0.1).meta)
     """A request body still arriving this long after its head gets 408, however steadily it
     trickles (its slot and Looker connection are freed)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Caller:
-    client_id: str
+    """A client of a managed team: the credentials it logs in to the proxy with."""
+
+    client_id: str = field(metadata=Spec(non_blank=True).meta)
+    """The caller's client id (unique across all teams)."""
     client_secret: Secret
+    """The caller's proxy secret."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GitBranch:
-    project: str
-    name: str
+    """A LookML dev branch to check out for the team."""
+
+    project: str = field(metadata=Spec(non_blank=True, pattern=PROJECT_ID).meta)
+    """Looker project id (letters, digits, _ . -)."""
+    name: str = field(metadata=Spec(non_blank=True).meta)
+    """Branch name."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -164,14 +304,27 @@ class TeamConfig:
     callers log in to the proxy. Passthrough: callers log in with their own Looker credentials
     (``looker_client_ids``) and the proxy pins each of their sessions."""
 
-    name: str
-    workspace: str
-    looker_client_id: Secret | None
-    looker_client_secret: Secret | None
-    callers: tuple[Caller, ...] = ()
-    looker_client_ids: tuple[str, ...] = ()
-    max_concurrency: int = 256
-    git_branch: GitBranch | None = None
+    name: str = field(metadata=Spec(yaml=False).meta)
+    workspace: str = field(metadata=Spec(choices=WORKSPACES).meta)
+    """The Looker workspace every session of the team is pinned to."""
+    looker_client_id: Secret | None = field(
+        metadata=Spec(modes=MANAGED, plain=True, required=True).meta
+    )
+    """Managed teams: the client id of the team's Looker API user (a plain string too)."""
+    looker_client_secret: Secret | None = field(metadata=Spec(modes=MANAGED, required=True).meta)
+    """Managed teams: the client secret of the team's Looker API user."""
+    callers: tuple[Caller, ...] = field(
+        default=(), metadata=Spec(modes=MANAGED, required=True, non_empty=True).meta
+    )
+    """Managed teams: who may log in to the proxy for this team."""
+    looker_client_ids: tuple[str, ...] = field(
+        default=(),
+        metadata=Spec(modes=PASSTHROUGH, required=True, non_empty=True, non_blank=True).meta,
+    )
+    """Passthrough teams: the Looker API client ids whose logins belong to this team."""
+    max_concurrency: int = field(default=256, metadata=Spec(minimum=1).meta)
+    """In-flight requests for this team; 429 beyond."""
+    git_branch: GitBranch | None = field(default=None, metadata=Spec(nullable=True).meta)
     """dev teams only: check out this branch (per Looker user) and verify it before publishing."""
     allow_branch_switch: bool = False
     """Let callers PUT/POST /projects/{id}/git_branch although the team pins a branch."""
@@ -185,16 +338,31 @@ class TeamConfig:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:
+    """The workspace-proxy configuration file."""
+
     looker: LookerConfig
-    teams: Mapping[str, TeamConfig]
+    """The Looker instance the proxy forwards to."""
+    teams: Mapping[str, TeamConfig] = field(metadata=Spec(non_empty=True, pattern=TEAM_NAME).meta)
+    """The teams, by name (letters, digits, `_`, `-`, `.`; at most 64); each is pinned to one
+    workspace."""
     token_signing_key: Secret
-    listen: Listen = field(default_factory=Listen)
-    admin: Listen = field(default_factory=lambda: Listen(port=9090))
-    shutdown: Shutdown = field(default_factory=Shutdown)
-    limits: Limits = field(default_factory=Limits)
-    caller_token_ttl_s: int = 3600
-    log_level: str = "info"
-    source: str = "<memory>"
+    """At least 32 random characters, the same on every replica: signs proxy tokens and keys
+    sealed passthrough tokens (HKDF)."""
+    listen: Listen = field(default_factory=Listen, metadata=Spec(nullable=True).meta)
+    """The proxied API."""
+    admin: Listen = field(
+        default_factory=lambda: Listen(port=9090), metadata=Spec(nullable=True).meta
+    )
+    """The admin listener: /healthz, /readyz, /metrics."""
+    shutdown: Shutdown = field(default_factory=Shutdown, metadata=Spec(nullable=True).meta)
+    """What SIGTERM does: drain, then wait for in-flight requests."""
+    limits: Limits = field(default_factory=Limits, metadata=Spec(nullable=True).meta)
+    """Bounds on what one request may hold."""
+    caller_token_ttl_s: int = field(default=3600, metadata=Spec(minimum=120).meta)
+    """Proxy token lifetime (at least 120: spectacles renews 60 s early)."""
+    log_level: str = field(default="info", metadata=Spec(choices=LOG_LEVELS).meta)
+    """Least severe log level written."""
+    source: str = field(default="<memory>", metadata=Spec(yaml=False).meta)
 
     def keeping_listeners(self, running: Config) -> Config:
         """This config with the running one's listeners: a reload cannot move a bound socket."""
@@ -222,6 +390,41 @@ class Config:
 
 T = TypeVar("T")
 Env = Mapping[str, str]
+
+
+def spec_of(f: dataclasses.Field[Any]) -> Spec:
+    """The :class:`Spec` of a config dataclass field (an empty one if it has none)."""
+    spec = f.metadata.get(SPEC, _NO_SPEC)
+    return spec if isinstance(spec, Spec) else _NO_SPEC
+
+
+def yaml_fields(cls: type[Any], mode: str | None = None) -> tuple[dataclasses.Field[Any], ...]:
+    """The fields of a config dataclass that are YAML keys, in order (for a team, with
+    ``mode``: the keys that mode uses)."""
+    return tuple(
+        f
+        for f in dataclasses.fields(cls)
+        if spec_of(f).yaml and (mode is None or mode in spec_of(f).modes)
+    )
+
+
+def has_default(f: dataclasses.Field[Any]) -> bool:
+    return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+
+
+def required_keys(cls: type[Any], mode: str | None = None) -> frozenset[str]:
+    """The YAML keys of a config dataclass that must be present (for a team: in ``mode``)."""
+    return frozenset(
+        f.name for f in yaml_fields(cls, mode) if spec_of(f).required or not has_default(f)
+    )
+
+
+def _keys(cls: type[Any]) -> frozenset[str]:
+    return frozenset(f.name for f in yaml_fields(cls))
+
+
+def _spec(cls: type[Any], key: str) -> Spec:
+    return spec_of(next(f for f in dataclasses.fields(cls) if f.name == key))
 
 
 class _Problems:
@@ -270,7 +473,14 @@ def _type_name(value: object) -> str:
 
 
 def _number(
-    raw: Mapping[str, Any], key: str, path: str, default: T, problems: _Problems, *, minimum: float
+    raw: Mapping[str, Any],
+    key: str,
+    path: str,
+    default: T,
+    problems: _Problems,
+    *,
+    minimum: float,
+    maximum: float | None = None,
 ) -> T:
     if key not in raw:
         return default
@@ -286,7 +496,33 @@ def _number(
     if value < minimum:
         problems.add(_join(path, key), f"must be at least {minimum:g}")
         return default
+    if maximum is not None and value > maximum:
+        problems.add(_join(path, key), f"must be at most {maximum:g}")
+        return default
     return value  # type: ignore[no-any-return]
+
+
+def _setting(
+    raw: Mapping[str, Any], owner: object, key: str, path: str, problems: _Problems
+) -> Any:
+    """The number ``key`` of ``raw``, checked against its field's spec; ``owner`` is the
+    dataclass instance whose value is the default."""
+    spec = _spec(type(owner), key)
+    return _number(
+        raw,
+        key,
+        path,
+        getattr(owner, key),
+        problems,
+        minimum=-math.inf if spec.minimum is None else spec.minimum,
+        maximum=spec.maximum,
+    )
+
+
+def _numbers(cls: type[T], raw: Mapping[str, Any], path: str, problems: _Problems) -> T:
+    """A section whose keys are all numbers (timeouts, retry, shutdown, limits)."""
+    default = cls()
+    return cls(**{f.name: _setting(raw, default, f.name, path, problems) for f in yaml_fields(cls)})
 
 
 def _bool(raw: Mapping[str, Any], key: str, path: str, default: bool, problems: _Problems) -> bool:
@@ -316,7 +552,7 @@ def _secret(
             problems.add(path, "must not be empty")
             return None
         return Secret(raw)
-    if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in ("env", "file"):
+    if not isinstance(raw, dict) or len(raw) != 1 or next(iter(raw)) not in SECRET_SOURCES:
         form = "a string, " if allow_plain else ""
         problems.add(path, f"must be {form}{{env: VARIABLE}} or {{file: /path/to/secret}}")
         return None
@@ -343,39 +579,20 @@ def _secret(
 
 def _looker(raw: object, problems: _Problems) -> LookerConfig | None:
     path = "looker"
-    keys = {
-        "base_url",
-        "api_versions",
-        "timeouts",
-        "retry",
-        "max_connections",
-        "verify_tls",
-        "ca_file",
-    }
-    data = _mapping(raw, path, keys, problems, required={"base_url"})
+    data = _mapping(raw, path, _keys(LookerConfig), problems, required=required_keys(LookerConfig))
     base_url = data.get("base_url")
     if "base_url" in data:
         base_url = _check_url(base_url, _join(path, "base_url"), problems)
-    versions = data.get("api_versions", list(API_VERSIONS))
-    if (
-        not isinstance(versions, list)
-        or not versions
-        or not all(v in API_VERSIONS for v in versions)
-    ):
-        problems.add(_join(path, "api_versions"), f"must be a non-empty list of {API_VERSIONS}")
-        versions = list(API_VERSIONS)
+    known = _spec(LookerConfig, "api_versions").choices
+    versions = data.get("api_versions", list(known))
+    if not isinstance(versions, list) or not versions or not all(v in known for v in versions):
+        problems.add(_join(path, "api_versions"), f"must be a non-empty list of {known}")
+        versions = list(known)
     tpath = _join(path, "timeouts")
-    traw = _mapping(data.get("timeouts"), tpath, {"connect_s", "read_s", "session_s"}, problems)
-    d = Timeouts()
-    timeouts = Timeouts(
-        connect_s=_number(traw, "connect_s", tpath, d.connect_s, problems, minimum=0.1),
-        read_s=_number(traw, "read_s", tpath, d.read_s, problems, minimum=0.1),
-        session_s=_number(traw, "session_s", tpath, d.session_s, problems, minimum=0.1),
-    )
+    traw = _mapping(data.get("timeouts"), tpath, _keys(Timeouts), problems)
+    timeouts = _numbers(Timeouts, traw, tpath, problems)
     rpath = _join(path, "retry")
-    rraw = _mapping(
-        data.get("retry"), rpath, {"interval_s", "deadline_s", *REMOVED_RETRY_KEYS}, problems
-    )
+    rraw = _mapping(data.get("retry"), rpath, _keys(Retry) | REMOVED_RETRY_KEYS.keys(), problems)
     for old in sorted(REMOVED_RETRY_KEYS.keys() & rraw.keys()):
         problems.add(
             _join(rpath, old),
@@ -383,11 +600,7 @@ def _looker(raw: object, problems: _Problems) -> LookerConfig | None:
             f"{REMOVED_RETRY_KEYS[old]} (default 2 s) instead of a growing backoff, so a team "
             f"is served again within seconds of Looker healing; delete this key",
         )
-    r = Retry()
-    retry = Retry(
-        interval_s=_number(rraw, "interval_s", rpath, r.interval_s, problems, minimum=0.01),
-        deadline_s=_number(rraw, "deadline_s", rpath, r.deadline_s, problems, minimum=0.0),
-    )
+    retry = _numbers(Retry, rraw, rpath, problems)
     ca_file = data.get("ca_file")
     if ca_file is not None and (not isinstance(ca_file, str) or not _readable(ca_file)):
         problems.add(_join(path, "ca_file"), f"cannot read CA bundle {ca_file!r}")
@@ -405,10 +618,18 @@ def _looker(raw: object, problems: _Problems) -> LookerConfig | None:
         api_versions=tuple(versions),
         timeouts=timeouts,
         retry=retry,
-        max_connections=_number(data, "max_connections", path, 1000, problems, minimum=1),
+        max_connections=_setting(data, _LOOKER_DEFAULTS, "max_connections", path, problems),
         verify_tls=_bool(data, "verify_tls", path, True, problems),
         ca_file=ca_file,
     )
+
+
+_LOOKER_DEFAULTS: Final = LookerConfig(base_url="https://looker.invalid")
+"""Where ``_setting`` finds the defaults of ``looker`` (base_url has none)."""
+_TEAM_DEFAULTS: Final = TeamConfig(
+    name="-", workspace="dev", looker_client_id=None, looker_client_secret=None
+)
+"""Where ``_setting`` finds the defaults of a team (those of its keys that have one)."""
 
 
 def _readable(path: str) -> bool:
@@ -445,37 +666,30 @@ def _team(name: str, raw: object, env: Env, problems: _Problems) -> TeamConfig |
     path = _join("teams", name)
     if not _TEAM_NAME.match(name):
         problems.add(path, "team names use letters, digits, '_', '-', '.' (at most 64)")
-    keys = {
-        "mode",
-        "workspace",
-        "looker_client_id",
-        "looker_client_secret",
-        "callers",
-        "looker_client_ids",
-        "max_concurrency",
-        "git_branch",
-        "allow_branch_switch",
-        "allow_sudo",
-    }
+    keys = _keys(TeamConfig) | {"mode"}
     mode = raw.get("mode", "managed") if isinstance(raw, dict) else "managed"
     if mode == "passthrough":
-        required = {"workspace", "looker_client_ids"}
-        for key in ("looker_client_id", "looker_client_secret", "callers"):
-            if isinstance(raw, dict) and key in raw:
+        required = required_keys(TeamConfig, "passthrough")
+        for f in yaml_fields(TeamConfig):
+            if "passthrough" not in spec_of(f).modes and isinstance(raw, dict) and f.name in raw:
                 problems.add(
-                    _join(path, key),
+                    _join(path, f.name),
                     "not used in passthrough mode (callers log in "
                     "with their own Looker credentials, listed in looker_client_ids)",
                 )
     else:
-        required = {"workspace", "looker_client_id", "looker_client_secret", "callers"}
+        required = required_keys(TeamConfig, "managed")
         if mode != "managed":
-            problems.add(_join(path, "mode"), "must be one of managed, passthrough")
-        elif isinstance(raw, dict) and "looker_client_ids" in raw:
-            problems.add(_join(path, "looker_client_ids"), "only for mode: passthrough")
-    data = _mapping(raw, path, keys, problems, required=frozenset(required))
+            problems.add(_join(path, "mode"), f"must be one of {', '.join(TEAM_MODES)}")
+        else:
+            for f in yaml_fields(TeamConfig):
+                if "managed" not in spec_of(f).modes and isinstance(raw, dict) and f.name in raw:
+                    problems.add(_join(path, f.name), "only for mode: passthrough")
+    data = _mapping(raw, path, keys, problems, required=required)
     workspace = (
-        _choice(data, "workspace", path, WORKSPACES, problems) if "workspace" in data else None
+        _choice(data, "workspace", path, _spec(TeamConfig, "workspace").choices, problems)
+        if "workspace" in data
+        else None
     )
     cid = secret = None
     if "looker_client_id" in data:
@@ -491,28 +705,26 @@ def _team(name: str, raw: object, env: Env, problems: _Problems) -> TeamConfig |
             data["looker_client_secret"], _join(path, "looker_client_secret"), env, problems
         )
     callers = _callers(data.get("callers"), _join(path, "callers"), env, problems)
+    if mode != "passthrough" and "callers" in data and data["callers"] is None:
+        # ``callers:`` left empty: refused like ``callers: []`` (it once dropped the team)
+        problems.add(
+            _join(path, "callers"), "must be a non-empty list of {client_id, client_secret}"
+        )
     client_ids: tuple[str, ...] = ()
     if mode == "passthrough":
         client_ids = _client_ids(
             data.get("looker_client_ids"), _join(path, "looker_client_ids"), problems
         )
         callers = ()
-    max_conc = _number(data, "max_concurrency", path, 256, problems, minimum=1)
+    max_conc = _setting(data, _TEAM_DEFAULTS, "max_concurrency", path, problems)
     branch = None
     if data.get("git_branch") is not None:
         branch = _git_branch(data["git_branch"], _join(path, "git_branch"), problems)
-        if workspace == "production":
-            problems.add(
-                _join(path, "git_branch"), "only a dev team can pin a branch (production is shared)"
-            )
+        values = {"workspace": workspace, "git_branch": data["git_branch"]}
+        _conflicts("git_branch", values, path, problems)
     allow_switch = _bool(data, "allow_branch_switch", path, False, problems)
     allow_sudo = _bool(data, "allow_sudo", path, False, problems)
-    if allow_sudo and branch is not None:
-        problems.add(
-            _join(path, "allow_sudo"),
-            "cannot be combined with git_branch: the dev branch belongs to each Looker user, "
-            "and the proxy will not switch other users' branches",
-        )
+    _conflicts("allow_sudo", {"allow_sudo": allow_sudo, "git_branch": branch}, path, problems)
     managed_ok = mode != "passthrough" and None not in (cid, secret, callers)
     if workspace is None or not (managed_ok or client_ids) or callers is None:
         return None
@@ -530,6 +742,16 @@ def _team(name: str, raw: object, env: Env, problems: _Problems) -> TeamConfig |
     )
 
 
+def _conflicts(key: str, values: Mapping[str, object], path: str, problems: _Problems) -> None:
+    """Report the :data:`TEAM_CONFLICTS` at ``key`` that ``values`` (checked ones) break."""
+    for rule in TEAM_CONFLICTS:
+        if rule.key == key and all(
+            values.get(name) is not None if want is SET else values.get(name) == want
+            for name, want in ((rule.key, rule.value), (rule.other, rule.other_value))
+        ):
+            problems.add(_join(path, rule.key), rule.message)
+
+
 def _client_ids(raw: object, path: str, problems: _Problems) -> tuple[str, ...]:
     if not isinstance(raw, list) or not raw:
         problems.add(path, "must be a non-empty list of Looker API client ids")
@@ -541,15 +763,15 @@ def _client_ids(raw: object, path: str, problems: _Problems) -> tuple[str, ...]:
 
 
 def _git_branch(raw: object, path: str, problems: _Problems) -> GitBranch | None:
-    keys = frozenset({"project", "name"})
-    data = _mapping(raw, path, keys, problems, required=keys)
+    keys = _keys(GitBranch)
+    data = _mapping(raw, path, keys, problems, required=required_keys(GitBranch))
     ok = data.keys() == keys
     for key in sorted(keys & data.keys()):
         value = data[key]
         if not isinstance(value, str) or not value.strip():
             problems.add(_join(path, key), "must be a non-empty string")
             ok = False
-        elif key == "project" and not re.fullmatch(r"[A-Za-z0-9_.-]+", value):
+        elif key == "project" and not re.fullmatch(PROJECT_ID, value):
             problems.add(_join(path, key), "must be a Looker project id (letters, digits, _ . -)")
             ok = False
     return GitBranch(project=data["project"], name=data["name"]) if ok else None
@@ -564,13 +786,7 @@ def _callers(raw: object, path: str, env: Env, problems: _Problems) -> tuple[Cal
     out: list[Caller] = []
     for i, item in enumerate(raw):
         ipath = _join(path, i)
-        data = _mapping(
-            item,
-            ipath,
-            {"client_id", "client_secret"},
-            problems,
-            required={"client_id", "client_secret"},
-        )
+        data = _mapping(item, ipath, _keys(Caller), problems, required=required_keys(Caller))
         cid = data.get("client_id")
         if "client_id" in data and (not isinstance(cid, str) or not cid.strip()):
             problems.add(_join(ipath, "client_id"), "must be a non-empty string")
@@ -640,18 +856,7 @@ def parse_config(raw: object, *, env: Env | None = None, source: str = "<memory>
     """Validate a parsed YAML document; raise one ConfigError listing every problem."""
     env = os.environ if env is None else env
     problems = _Problems()
-    top_keys = {
-        "looker",
-        "teams",
-        "token_signing_key",
-        "listen",
-        "admin",
-        "shutdown",
-        "limits",
-        "caller_token_ttl_s",
-        "log_level",
-    }
-    data = _mapping(raw, "", top_keys, problems, required={"looker", "teams", "token_signing_key"})
+    data = _mapping(raw, "", _keys(Config), problems, required=required_keys(Config))
     looker = _looker(data["looker"], problems) if "looker" in data else None
     key = None
     if "token_signing_key" in data:
@@ -661,52 +866,15 @@ def parse_config(raw: object, *, env: Env | None = None, source: str = "<memory>
             key = None
     listen = _listen(data.get("listen"), "listen", Listen(), problems)
     admin = _listen(data.get("admin"), "admin", Listen(port=9090), problems)
-    sraw = _mapping(data.get("shutdown"), "shutdown", {"drain_s", "grace_s"}, problems)
-    shutdown = Shutdown(
-        drain_s=_number(sraw, "drain_s", "shutdown", Shutdown().drain_s, problems, minimum=0),
-        grace_s=_number(sraw, "grace_s", "shutdown", Shutdown().grace_s, problems, minimum=0),
-    )
-    limraw = _mapping(
-        data.get("limits"),
-        "limits",
-        {
-            "max_request_body_bytes",
-            "replay_buffer_bytes",
-            "max_header_bytes",
-            "max_headers",
-            "body_idle_timeout_s",
-            "body_timeout_s",
-        },
-        problems,
-    )
-    dl = Limits()
-    limits = Limits(
-        max_request_body_bytes=_number(
-            limraw,
-            "max_request_body_bytes",
-            "limits",
-            dl.max_request_body_bytes,
-            problems,
-            minimum=1,
-        ),
-        replay_buffer_bytes=_number(
-            limraw, "replay_buffer_bytes", "limits", dl.replay_buffer_bytes, problems, minimum=0
-        ),
-        max_header_bytes=_number(
-            limraw, "max_header_bytes", "limits", dl.max_header_bytes, problems, minimum=1024
-        ),
-        max_headers=_number(limraw, "max_headers", "limits", dl.max_headers, problems, minimum=16),
-        body_idle_timeout_s=_number(
-            limraw, "body_idle_timeout_s", "limits", dl.body_idle_timeout_s, problems, minimum=0.1
-        ),
-        body_timeout_s=_number(
-            limraw, "body_timeout_s", "limits", dl.body_timeout_s, problems, minimum=0.1
-        ),
-    )
-    ttl = _number(data, "caller_token_ttl_s", "", 3600, problems, minimum=120)
-    log_level = "info"
+    sraw = _mapping(data.get("shutdown"), "shutdown", _keys(Shutdown), problems)
+    shutdown = _numbers(Shutdown, sraw, "shutdown", problems)
+    limraw = _mapping(data.get("limits"), "limits", _keys(Limits), problems)
+    limits = _numbers(Limits, limraw, "limits", problems)
+    ttl = _setting(data, _CONFIG_DEFAULTS, "caller_token_ttl_s", "", problems)
+    log_level = _CONFIG_DEFAULTS.log_level
     if "log_level" in data:
-        log_level = _choice(data, "log_level", "", LOG_LEVELS, problems) or "info"
+        levels = _spec(Config, "log_level").choices
+        log_level = _choice(data, "log_level", "", levels, problems) or log_level
     teams: dict[str, TeamConfig] = {}
     if "teams" in data:
         raw_teams = data["teams"]
@@ -734,19 +902,23 @@ def parse_config(raw: object, *, env: Env | None = None, source: str = "<memory>
     )
 
 
+_CONFIG_DEFAULTS: Final = Config(looker=_LOOKER_DEFAULTS, teams={}, token_signing_key=Secret("-"))
+"""Where ``_setting`` finds the defaults of the top-level keys."""
+
+
 def _listen(raw: object, path: str, default: Listen, problems: _Problems) -> Listen:
-    data = _mapping(raw, path, {"host", "port", "tls"}, problems)
+    data = _mapping(raw, path, _keys(Listen), problems)
     host = data.get("host", default.host)
     if not isinstance(host, str) or not host:
         problems.add(_join(path, "host"), "must be a host name or address")
         host = default.host
     tls = _tls(data["tls"], _join(path, "tls"), problems) if data.get("tls") is not None else None
-    return Listen(host=host, port=_port(data, path, default.port, problems), tls=tls)
+    return Listen(host=host, port=_setting(data, default, "port", path, problems), tls=tls)
 
 
 def _tls(raw: object, path: str, problems: _Problems) -> Tls | None:
-    keys = frozenset({"cert_file", "key_file"})
-    data = _mapping(raw, path, keys, problems, required=keys)
+    keys = _keys(Tls)
+    data = _mapping(raw, path, keys, problems, required=required_keys(Tls))
     files = {k: data.get(k) for k in sorted(keys)}
     for key, value in files.items():
         if key in data and (not isinstance(value, str) or not _readable(value)):
@@ -761,14 +933,6 @@ def _tls(raw: object, path: str, problems: _Problems) -> Tls | None:
         problems.add(path, f"certificate and key do not load: {exc.__class__.__name__}: {exc}")
         return None
     return tls
-
-
-def _port(raw: Mapping[str, Any], path: str, default: int, problems: _Problems) -> int:
-    port = _number(raw, "port", path, default, problems, minimum=0)
-    if port > 65535:
-        problems.add(_join(path, "port"), "must be at most 65535")
-        return default
-    return port
 
 
 def load_config(path: str | os.PathLike[str], *, env: Env | None = None) -> Config:
