@@ -1,8 +1,10 @@
 """Attacks on the pin, sent byte for byte on raw sockets (issue 17's findings, as regressions).
 
-Every case runs on both kinds of call the proxy has: ``fast`` (a warm managed session, a plain
-request the front forwards itself) and ``relayed`` (the same request with a non-ASCII header
-value, which the front hands to the application). For each, the test asserts what the caller got,
+Every case runs as a ``plain`` call and as a ``non-ascii`` one (the same request with a non-ASCII
+header value): when issue 17 was found the proxy had two paths (a fast one and a relay to a
+second HTTP server) and these sent a call down each; since issue 16 there is one path, and the
+two variants stay as a guard that no header can make a difference. For each, the test asserts
+what the caller got,
 what reached Looker (the emulator's audit, which records each target exactly as it arrived) and
 that the team's session is still where it was pinned. Cases are recorded in docs/reliability.md.
 """
@@ -56,8 +58,8 @@ OPS: Final = {
 SECRETS: Final = {"ADMIN_LOOKER_SECRET": "admin-client-secret", "OPS_CALLER_SECRET": "ops-secret"}
 WORKSPACE: Final = {"finance": "production", "analytics": "dev", "ops": "production"}
 RELAY: Final = "X-Note: caf\u00e9\r\n".encode()
-"""A non-ASCII (UTF-8) header value: the front relays such a call to the application."""
-PATHS: Final = {"fast": b"", "relayed": RELAY}
+"""A non-ASCII (UTF-8) header value (before issue 16 it sent a call down another path)."""
+PATHS: Final = {"plain": b"", "non-ascii": RELAY}
 MIB: Final = 1024 * 1024
 
 
@@ -278,8 +280,11 @@ async def _one_target(
     if not reached:
         return False, []
     problems = []
+    # llhttp reads the request line on whitespace boundaries (RFC 9112 3 allows it): spaces
+    # around the target are separators, not part of it; a space inside splits the line.
+    seen = target.strip(b" ")
     try:
-        parsed = parse_target(target.decode("latin-1"))
+        parsed = parse_target(seen.decode("latin-1"))
     except BadRequest:
         return True, [f"{method} {target!r}: not origin-form, yet forwarded: {reached}"]
     route = classify(method, parsed.path, ("4.0", "3.1"))
@@ -377,9 +382,11 @@ def test_property_the_path_looker_receives_is_the_path_classified() -> None:
         loop.close()
     record(
         "attack",
-        f"request targets drawn by hypothesis ({stats.examples} derandomized examples, both paths)",
+        "request targets drawn by hypothesis (1,000 examples, both ways of calling)",
         "refused, or Looker receives exactly the classified path and parsed query",
-        status=f"{stats.refused} not forwarded, {stats.forwarded} forwarded",
+        status="each refused or forwarded (both outcomes over 20 times)"
+        if stats.forwarded > 20 and stats.refused > 20
+        else f"{stats.refused} refused, {stats.forwarded} forwarded",
         answer="-",
         looker=f"{len(stats.mismatches or [])} differences between what was classified and sent",
         afterwards=f"team re-logins: {looker.logins - logins}",
@@ -479,20 +486,18 @@ def _stall_cases(token: str) -> dict[str, bytes]:
     """Heads whose bodies never (fully) arrive, by path."""
     auth = b"Authorization: token " + token.encode() + b"\r\n"
     return {
-        "login (relayed)": b"POST /api/4.0/login HTTP/1.1\r\nHost: x\r\nContent-Type: "
+        "login": b"POST /api/4.0/login HTTP/1.1\r\nHost: x\r\nContent-Type: "
         b"application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nclient_id=",
-        "POST Content-Length (fast)": b"POST /api/4.0/queries HTTP/1.1\r\nHost: x\r\n"
+        "POST Content-Length": b"POST /api/4.0/queries HTTP/1.1\r\nHost: x\r\n"
         + auth
         + b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{",
-        "POST chunked (relayed)": b"POST /api/4.0/queries HTTP/1.1\r\nHost: x\r\n"
+        "POST chunked": b"POST /api/4.0/queries HTTP/1.1\r\nHost: x\r\n"
         + auth
         + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n",
     }
 
 
-@pytest.mark.parametrize(
-    "case", ["login (relayed)", "POST Content-Length (fast)", "POST chunked (relayed)"]
-)
+@pytest.mark.parametrize("case", ["login", "POST Content-Length", "POST chunked"])
 async def test_a_stalled_body_is_answered_408_and_closed(
     looker: LookerEmulator, make_proxy: MakeProxy, case: str
 ) -> None:
@@ -524,7 +529,7 @@ async def test_a_stalled_body_is_answered_408_and_closed(
     assert rest == b""
 
 
-@pytest.mark.parametrize("path", ["fast", "relayed"])
+@pytest.mark.parametrize("path", ["content-length", "chunked"])
 async def test_a_trickled_body_meets_the_overall_deadline(
     looker: LookerEmulator, make_proxy: MakeProxy, path: str
 ) -> None:
@@ -538,7 +543,9 @@ async def test_a_trickled_body_meets_the_overall_deadline(
     token = await _login(proxy, "analytics")
     await _session_of(proxy, token)
     framing = (
-        b"Content-Length: 1000\r\n\r\n" if path == "fast" else b"Transfer-Encoding: chunked\r\n\r\n"
+        b"Content-Length: 1000\r\n\r\n"
+        if path == "content-length"
+        else b"Transfer-Encoding: chunked\r\n\r\n"
     )
     reader, writer = await asyncio.open_connection(proxy.client.host, proxy.client.port)
     writer.write(
@@ -552,7 +559,7 @@ async def test_a_trickled_body_meets_the_overall_deadline(
     try:
         async with asyncio.timeout(10):
             while not answered.done() and sent < 400:
-                writer.write(b"x" if path == "fast" else b"1\r\nx\r\n")
+                writer.write(b"x" if path == "content-length" else b"1\r\nx\r\n")
                 sent += 1
                 await asyncio.wait([answered], timeout=0.05)
             answer = await answered
