@@ -1108,3 +1108,32 @@ def test_the_refusal_body_is_looker_shaped() -> None:
     status, _, body = answer(error)
     assert status == 401
     assert set(json.loads(body)) == {"message", "documentation_url"}
+
+
+async def test_a_forward_is_remembered_only_while_its_callers_token_is_good() -> None:
+    """The same head decides the same forward (remembered per configuration) until the token is
+    logged out: then it is a 401 even though the forward was remembered."""
+    policy = make_policy()
+    issued = policy.auth.issue("analytics", "analytics-caller")
+    head = request(
+        b"GET", b"/api/4.0/looks/1", usual(b"token " + issued.access_token.reveal().encode())
+    )
+    first = decide(head, PEER, policy)
+    assert isinstance(first, Forward)
+    assert decide(head, PEER, policy) is first
+    principal = policy.auth.verify_token(issued.access_token.reveal())
+    await policy.auth.revoke(principal)  # a logout
+    refused(decide(head, PEER, policy), 401)
+    refused(decide(head, PEER, policy), 401)
+
+
+def test_remembered_forwards_are_per_peer() -> None:
+    """Two callers sending the same head get forwards naming their own address."""
+    policy = make_policy()
+    head = request(b"GET", b"/api/4.0/looks/1", usual(token(policy)))
+    mine = decide(head, Peer("10.0.0.1", "http"), policy)
+    theirs = decide(head, Peer("10.0.0.2", "http"), policy)
+    assert isinstance(mine, Forward)
+    assert isinstance(theirs, Forward)
+    assert b"X-Forwarded-For: 10.0.0.1\r\n" in mine.head
+    assert b"X-Forwarded-For: 10.0.0.2\r\n" in theirs.head

@@ -145,6 +145,10 @@ class CallerAuth:
             raise Unauthenticated()
         return principal
 
+    def valid(self, principal: Principal) -> bool:
+        """Whether a principal verified before is still good now (not expired, not logged out)."""
+        return principal.expires_at > self._clock() and principal.token_id not in self._revoked
+
     async def revoke(self, principal: Principal) -> None:
         """End a proxy token (logout): on this replica, and with ``--workers`` on every worker
         of the instance before this returns."""

@@ -21,11 +21,12 @@ The target sent to Looker is built here from the classified path and parsed quer
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
@@ -39,6 +40,7 @@ from workspace_proxy.errors import (
     Invalid,
     NotFound,
     ProxyError,
+    Unauthenticated,
 )
 from workspace_proxy.routes import (
     Action,
@@ -83,15 +85,18 @@ class Head:
 
 @dataclass(frozen=True, slots=True)
 class Peer:
+    """The caller's end of the connection (one per connection)."""
+
     address: str
     scheme: str
-    lines: bytes = b""
-    """The proxy's own X-Forwarded-For and -Proto lines for this peer (``Peer.of``)."""
+    lines: bytes = field(init=False, default=b"")
+    """The proxy's own X-Forwarded-For and -Proto lines for this peer."""
 
-    @classmethod
-    def of(cls, address: str, scheme: str) -> Peer:
-        lines = f"X-Forwarded-For: {address}\r\n" if address else ""
-        return cls(address, scheme, (lines + f"X-Forwarded-Proto: {scheme}\r\n").encode())
+    def __post_init__(self) -> None:
+        lines = f"X-Forwarded-For: {self.address}\r\n" if self.address else ""
+        object.__setattr__(
+            self, "lines", (lines + f"X-Forwarded-Proto: {self.scheme}\r\n").encode()
+        )
 
 
 class Body(enum.Enum):
@@ -140,6 +145,8 @@ class Forward:
     body: Body
     length: int | None
     chunked: bool
+    principal: Principal | None = None
+    """The proxy-token caller it was decided for (None: public, or a passthrough caller)."""
 
 
 class Act(enum.Enum):
@@ -196,6 +203,10 @@ class Looker:
         return cls((shown if default else f"{shown}:{port}").encode("idna"), url.path.rstrip("/"))
 
 
+MEMO_MAX: Final = 4096
+"""Forwards remembered per configuration (``Policy.memo``), at most."""
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """What the decision reads from one configuration (replaced as a whole on reload)."""
@@ -205,6 +216,13 @@ class Policy:
     looker: Looker
     passthrough: bool
     """Some team is in passthrough mode: tokens that are not ours are Looker's."""
+    memo: dict[tuple[object, ...], tuple[Principal, Forward]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """Forwards already decided, by everything a forward's decision reads (the head, its
+    framing and the peer), with the caller they were decided for: the same head decides the
+    same way as long as that caller's token is still good (``CallerAuth.valid``), which is
+    checked on every use. One per configuration, so a reload starts afresh."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -229,10 +247,24 @@ def _sent(base_path: str, route: Route, target: Target) -> bytes:
 
 def decide(head: Head, peer: Peer, policy: Policy) -> Decision:
     """What to do with a request (see the module docstring)."""
+    key = (head.method, head.target, tuple(head.headers), head.length, head.chunked, peer.lines)
+    memo = policy.memo
+    known = memo.get(key)
+    if known is not None:
+        principal, forward = known
+        if policy.auth.valid(principal):
+            return forward
+        del memo[key]
+        return Refuse(Unauthenticated())
     try:
-        return _decide(head, peer, policy)
+        decision = _decide(head, peer, policy)
     except ProxyError as exc:
         return Refuse(exc)
+    if isinstance(decision, Forward) and decision.principal is not None:
+        if len(memo) >= MEMO_MAX:
+            memo.clear()
+        memo[key] = (decision.principal, decision)
+    return decision
 
 
 def _decide(head: Head, peer: Peer, policy: Policy) -> Decision:
@@ -262,7 +294,10 @@ def _decide(head: Head, peer: Peer, policy: Policy) -> Decision:
     if action is Action.SUDO and team.allow_sudo:
         user_id = _sudo_user(route)
         return Local(Act.SUDO, route.name, team.name, key, principal, user_id)
-    return _under_pin(head, peer, policy, route, target, team, key)
+    decision = _under_pin(head, peer, policy, route, target, team, key)
+    if isinstance(decision, Forward):
+        return dataclasses.replace(decision, principal=principal)
+    return decision
 
 
 def decide_pinned(
@@ -362,7 +397,7 @@ def _forward(
         lines.append(b"Transfer-Encoding: chunked\r\n")
     elif length or head.method not in _NO_BODY_METHODS:
         lines.append(b"Content-Length: %d\r\n" % (length or 0))
-    lines.append(peer.lines or Peer.of(peer.address, peer.scheme).lines)
+    lines.append(peer.lines)
     if head.host:
         lines += (b"X-Forwarded-Host: ", head.host, _CRLF)
     return Forward(route.name, team, key, b"".join(lines), body, length, chunked)

@@ -7,6 +7,7 @@ every process then writes its values there and ``render()`` in the supervisor ad
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -91,6 +92,9 @@ class Metrics:
 
         self._children: dict[tuple[object, ...], Any] = {}
         self._served: dict[tuple[str, str, int], int] = {}
+        self._latencies: dict[str, list[int]] = {}
+        """Upstream latencies per team since the last ``publish``, counted per bucket."""
+        self._latency_sums: dict[str, float] = {}
         self.in_flight_now: Callable[[], Mapping[str, int]] | None = None
         """Where ``publish`` reads the requests in flight per team (set by the app)."""
 
@@ -114,6 +118,7 @@ class Metrics:
         Per-request updates of prometheus-client's values (shared memory files with
         ``--workers``) cost several microseconds each; counting in a dict and exporting about
         once a second (the front's sweeper) or at each scrape costs next to nothing."""
+        self._publish_latencies()
         served, self._served = self._served, {}
         for (team, route, status), n in served.items():
             self._child(self.requests, team, route, str(status)).inc(n)
@@ -122,7 +127,33 @@ class Metrics:
                 self._child(self.in_flight, team).set(n)
 
     def upstream_answered(self, team: str, seconds: float) -> None:
-        self._child(self.upstream_latency, team).observe(seconds)
+        """Count one upstream latency in its bucket; exported by the next ``publish``."""
+        counts = self._latencies.get(team)
+        if counts is None:
+            counts = self._latencies[team] = [0] * (len(_LATENCY_BUCKETS) + 1)
+            self._latency_sums[team] = 0.0
+        counts[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        self._latency_sums[team] += seconds
+
+    def _publish_latencies(self) -> None:
+        """Add the latencies counted since the last call to the histogram: per bucket and once,
+        through the child's bucket values (the same values ``observe`` adds to, one at a time);
+        should a release of prometheus-client lay its histograms out otherwise, each latency is
+        observed instead, at its bucket's upper bound (``tests/test_metrics.py`` notices)."""
+        latencies, self._latencies = self._latencies, {}
+        sums, self._latency_sums = self._latency_sums, {}
+        for team, counts in latencies.items():
+            child = self._child(self.upstream_latency, team)
+            buckets, total = getattr(child, "_buckets", None), getattr(child, "_sum", None)
+            if buckets is not None and total is not None and len(buckets) == len(counts):
+                for value, n in zip(buckets, counts, strict=True):
+                    if n:
+                        value.inc(n)
+                total.inc(sums[team])
+                continue
+            for bound, n in zip((*_LATENCY_BUCKETS, 2 * _LATENCY_BUCKETS[-1]), counts, strict=True):
+                for _ in range(n):
+                    child.observe(bound)
 
     def session_event(self, team: str, event: str, outcome: str) -> None:
         self.session_events.labels(team, event, outcome).inc()

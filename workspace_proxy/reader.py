@@ -125,8 +125,9 @@ class Reader:
         self._now = now
         try:
             self.parser.feed_data(data)
-            self._refuse_unversioned(data)
-            self._bound_head(len(data))
+            if self.parsing is not None:  # a head (or a body) is unfinished
+                self._refuse_unversioned(data)
+                self._bound_head(len(data))
         except httptools.HttpParserUpgrade:
             return True
         except httptools.HttpParserCallbackError as exc:

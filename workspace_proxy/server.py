@@ -47,7 +47,7 @@ class Caller(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
-        self.peer = Peer.of(peer[0] if isinstance(peer, tuple) else "", self.server.scheme)
+        self.peer = Peer(peer[0] if isinstance(peer, tuple) else "", self.server.scheme)
         self.transport.set_write_buffer_limits(high=1024 * 1024, low=256 * 1024)
         limits = self.server.app.view.config.limits
         now = self.server.loop.time()
