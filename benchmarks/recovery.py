@@ -217,7 +217,7 @@ def render(doc: dict[str, Any]) -> str:
         "",
         "Written by `python -m benchmarks.recovery` (part of `make bench`); do not edit by hand.",
         "",
-        f"Run {doc['when']} on {m.get('cpu', '?')}, {m.get('cores', '?')} cores, "
+        f"Run {doc['when']} on {m.get('line', '?')}, "
         f"{doc['runs_per_fault']} runs per fault, default `looker.retry` (interval 2 s, "
         "deadline 15 s).",
         "",

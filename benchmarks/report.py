@@ -468,9 +468,10 @@ def _calltype_section(results: Mapping[str, Any]) -> list[str]:
         " moved (ns/byte, which is also CPU-seconds per GB), against the 1 GiB download's CPU"
         f" per byte through the same variant in this run ({_num(ref_ns, 2)} ns/byte for"
         " workspace-proxy); per-call overhead is included. *before (issue 16)* is what the"
-        " issue measured for the old design, where the front forwarded plain calls and relayed"
-        " everything else to the aiohttp app (the relayed calls, passthrough, sudo, `HEAD`"
-        " and chunked ones included, cost about what the non-ASCII header did). The upstream"
+        " issue measured for the previous design, where a front forwarded plain calls and relayed"
+        " everything else to a second HTTP server, the aiohttp app (the relayed calls, passthrough,"
+        " sudo, `HEAD` and chunked ones included, cost about what the non-ASCII header did). The"
+        " upstream"
         " reads every uploaded body completely before it answers.",
         "",
         "| Call type | req/s @64 | CPU µs/call | CPU ns/byte (x download) | before (issue 16)"
@@ -576,25 +577,29 @@ COSTS = [
     "quick runs of single changes, 2 workers, 64 connections). With aiohttp as both server and "
     "client a proxied call cost about 214 us: an aiohttp server answering by itself costs about "
     "35 us per request and aiohttp's client-and-streaming leg about 110 us, before any of the "
-    "proxy's own work. The data path is now the front (`workspace_proxy/front.py`): llhttp "
-    "(httptools) parses callers and Looker, plain authenticated calls are forwarded on raw "
-    "asyncio protocols over pooled keep-alive connections, everything else is relayed to the "
-    "aiohttp app over a Unix socket. Steps, in microseconds of CPU per request: 214 (aiohttp) -> "
-    "80 (the front) -> 73 (uvloop) -> 64 (access lines written in 100 ms batches, one timeout "
-    "sweeper per listener instead of two timers per request) -> 60 (each header classified once "
-    "by a cached kind) -> 53 (request counter and in-flight gauge counted in a dict and exported "
-    "about once a second instead of prometheus-client's shared-memory update per request; "
-    "access-log timestamps formatted once a second).",
+    "proxy's own work. Issue 7 put llhttp (httptools) and raw asyncio protocols under the plain "
+    "calls (a 'front' that forwarded them itself and relayed everything else to the aiohttp "
+    "app): 214 -> 80 -> 73 (uvloop) -> 64 (access lines in 100 ms batches, one timeout sweeper "
+    "per listener) -> 60 (each header classified once) -> 53 (request metrics counted in a dict "
+    "and exported once a second). Calls the front relayed still cost about 205 us.",
     "",
-    "What is left is mostly the kernel: four socket syscalls per call (read the caller, write "
-    "Looker, read Looker, write the caller) plus epoll, shown by py-spy as time on the write "
-    "calls and inside the event loop. The remaining Python work is the caller-token check "
-    "(cached), the route and header policy, the access-log line (one `json.dumps`) and metrics.",
+    "Issue 16 replaced the two paths with one (`decide` -> `flow` -> `exchange`/`leg` over "
+    "`http1` and `server`): every call type now takes what used to be the plain calls' path. "
+    "Its first cut cost 425k instructions per plain GET against 303k for the front (valgrind, "
+    "one connection); the steps back, in instructions per call: 425k -> 372k (no `getpid` per "
+    "request, checked targets and Looker heads cached, response headers filtered once) -> 365k "
+    "(no reference cycle per request: the collector had 13 objects a call to find) -> 324k (the "
+    "access line built from cached JSON pieces instead of one `json.dumps` of the whole line) -> "
+    "300k (X-Forwarded-* lines and the session's Authorization line made once per connection and "
+    "session). Then, at 64 connections in the same run as the previous design (60 us): 52 us "
+    "(the decision for a forward remembered per configuration, re-checking the caller's token on "
+    "every use) -> 48 us (upstream latencies counted per bucket and exported once a second).",
     "",
-    "A call the front relays to the application (login, `/session`, sudo, passthrough tokens, "
-    "`HEAD`, chunked or large bodies, cold sessions) costs about 205 us of CPU: measured with "
-    "wrk at 64 connections by adding a non-ASCII header value to the same call (8,300 req/s, "
-    "against 27,400 for the fast path in that run).",
+    "What is left is mostly the kernel and the event loop: four socket syscalls per call (read the "
+    "caller, write Looker, read Looker, write the caller) plus epoll, shown by py-spy as time on "
+    "the write calls and inside the loop. The remaining Python work is parsing callbacks (one per "
+    "header, both ways), the remembered decision and the token's re-check, the forwarding flow, "
+    "the access line and the metrics.",
     "",
     "The 1 GiB download: once the head of an answer of known length is through, the rest is "
     "passed on without the parser, and the Looker socket wakes only when 128 KiB are waiting "

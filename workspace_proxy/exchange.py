@@ -49,6 +49,7 @@ from workspace_proxy.outcome import Outcome
 
 if TYPE_CHECKING:
     from workspace_proxy.app import Proxy
+    from workspace_proxy.passthrough import Pinned
 
 log = structlog.get_logger("workspace_proxy.exchange")
 T = TypeVar("T")
@@ -127,11 +128,20 @@ class Exchange:
         assert passthrough is not None
         self.outcome.route = resolve.route.name
 
-        def resolved(pinned: Any) -> None:
+        def resolved(pinned: Pinned) -> None:
             self.outcome.team = pinned.team.name
             head, peer, policy = self.req.head, self.peer, self.view.policy
             self._decided(decide_pinned(head, peer, policy, resolve, pinned))
 
+        try:
+            known = passthrough.ready(resolve.token)
+        except ProxyError as exc:
+            self._fail(exc)
+            return
+        if known is not None:
+            resolved(known)
+            return
+        self.step = Step.DECIDING
         self.run(passthrough.resolve(resolve.token), resolved)
 
     # --- local answers ------------------------------------------------------------------------

@@ -55,6 +55,14 @@ class Recheck:
         self._known: OrderedDict[str, tuple[TeamConfig, float]] = OrderedDict()
         self._flights: dict[str, SingleFlight[Verified]] = {}
 
+    def known(self, token: Secret) -> Verified | None:
+        """The verification of a token that is not due again yet, if any."""
+        known = self._known.get(fingerprint(token))
+        now = self._clock()
+        if known is not None and now < known[1]:
+            return Verified(known[0], known[1] - now)
+        return None
+
     async def verify(self, token: Secret) -> Verified:
         key = fingerprint(token)
         known = self._known.get(key)

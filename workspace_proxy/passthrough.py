@@ -14,6 +14,7 @@ import asyncio
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Final
 
 import structlog
 
@@ -27,6 +28,7 @@ from workspace_proxy.sealed import SealedSession, Sealer, is_sealed
 from workspace_proxy.tokens import Clock, PinnedSession, State, Status, fingerprint
 
 log = structlog.get_logger("workspace_proxy.passthrough")
+_OPENED_MAX: Final = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,8 @@ class Passthrough:
         self._raw = raw
         self._clock = clock
         self._wall = wall
+        self._opened: dict[str, Pinned] = {}
+        """Sealed tokens opened so far (the per-call cost is AES-GCM and a hash otherwise)."""
 
     def team_for_login(self, client_id: str | None) -> TeamConfig | None:
         return self._config.passthrough_team(client_id) if client_id else None
@@ -91,10 +95,22 @@ class Passthrough:
         log.info("passthrough_sudo", team=caller.team.name, session=fingerprint(login.token))
         return self._seal(caller.team, login, started, sudo=user_id)
 
-    async def resolve(self, token: Secret) -> Pinned:
-        """The team and pinned session behind a caller's sealed or raw Looker token."""
+    def ready(self, token: Secret) -> Pinned | None:
+        """The team and pinned session behind a token when no Looker call is needed: a sealed
+        token, or a raw one verified recently; None when ``resolve`` must call Looker."""
         if is_sealed(token.reveal()):
             return self._open(token)
+        verified = self._raw.known(token)
+        if verified is None:
+            return None
+        now = self._clock()
+        return Pinned(verified.team, self._session(token, verified.team, now + verified.valid_for))
+
+    async def resolve(self, token: Secret) -> Pinned:
+        """The team and pinned session behind a caller's sealed or raw Looker token."""
+        known = self.ready(token)
+        if known is not None:
+            return known
         verified = await self._raw.verify(token)
         now = self._clock()
         return Pinned(verified.team, self._session(token, verified.team, now + verified.valid_for))
@@ -113,6 +129,24 @@ class Passthrough:
             self._raw.forget(caller.session.token)
 
     def _open(self, token: Secret) -> Pinned:
+        """A sealed token opened (once: opened tokens are remembered, bounded) and checked on
+        every use: not logged out, not expired, its team still as it was sealed for."""
+        text = token.reveal()
+        pinned = self._opened.get(text)
+        if pinned is not None:
+            sealed = pinned.sealed
+            assert sealed is not None
+            if sealed.token_id in self._revocations or sealed.expires_at <= self._wall():
+                del self._opened[text]
+                raise Unauthenticated()
+            return pinned
+        pinned = self._unseal(token)
+        if len(self._opened) >= _OPENED_MAX:
+            self._opened.clear()
+        self._opened[text] = pinned
+        return pinned
+
+    def _unseal(self, token: Secret) -> Pinned:
         sealed = self._sealer.open(token.reveal())
         team = self._config.teams.get(sealed.team)
         if (
