@@ -76,6 +76,7 @@ def test_check_config_broken_yaml(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "invalid YAML at line" in result.stderr
     assert "Traceback" not in result.stderr
+    assert f"config {path}: INVALID (1 problem)\n" in result.stderr
 
 
 def test_serve_with_invalid_config_exits_2_with_json_error(tmp_path: Path) -> None:

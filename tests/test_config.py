@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 from dataclasses import fields, replace
 from pathlib import Path
@@ -489,8 +490,45 @@ def test_bad_team_name_is_reported() -> None:
     raw = valid_raw()
     raw["teams"]["bad name!"] = raw["teams"].pop("finance")
     assert problems_of(raw) == [
-        "teams.bad name!: team names use letters, digits, '_', '-', '.' (at most 64)"
+        "teams[\"bad name!\"]: team names use letters, digits, '_', '-', '.' (at most 64)"
     ]
+
+
+@pytest.mark.parametrize("name", ["finance\n", "finance\r", "fin\nance", "\u00e9t\u00e9"])
+def test_team_names_with_control_or_non_ascii_characters_are_refused(name: str) -> None:
+    """A trailing newline does not slip past the name rule (a ``$`` anchor would let it), and
+    the problem shows the name quoted: the control character never reaches a terminal raw."""
+    raw = valid_raw()
+    raw["teams"][name] = raw["teams"].pop("finance")
+    (problem,) = problems_of(raw)
+    assert problem.startswith(f"teams[{json.dumps(name)}]: team names use letters")
+    assert "\n" not in problem
+    assert "\r" not in problem
+
+
+def test_dotted_team_names_are_accepted_and_quoted_in_problems() -> None:
+    """A dot is allowed in a team name; its problems quote the name so the path stays readable."""
+    raw = valid_raw()
+    raw["teams"]["fin.ance"] = raw["teams"].pop("finance")
+    raw["teams"]["fin.ance"]["workspace"] = "staging"
+    (problem,) = problems_of(raw)
+    assert problem.startswith('teams["fin.ance"].workspace: ')
+
+
+@pytest.mark.parametrize(
+    "path", ["looker.timeouts.read_s", "limits.body_timeout_s", "looker.retry.interval_s"]
+)
+@pytest.mark.parametrize("value", [10**400, 1e300, 86400.5])
+def test_absurd_durations_are_refused_not_crashed_on(path: str, value: float) -> None:
+    """A duration beyond a day is a typo: refused by name (an int too large for a float used to
+    crash the check with OverflowError; an event loop refuses a 1e300 s timer)."""
+    assert problems_of(with_change(path, value)) == [f"{path}: must be at most 86400"]
+
+
+def test_huge_integers_where_no_maximum_applies_are_accepted() -> None:
+    """Byte limits have no upper bound: a huge one means 'no practical limit', not a crash."""
+    config = parse_config(with_change("limits.max_request_body_bytes", 10**400), env=ENV)
+    assert config.limits.max_request_body_bytes == 10**400
 
 
 @pytest.mark.parametrize(
@@ -759,6 +797,8 @@ def test_signing_key_of_32_characters_is_accepted() -> None:
         ("teams: [1, 2\n", "line 2, column 1"),
         ("token_signing_key: {env: hunter2-secret\nteams: x\n", "line 2, column 6"),
         ("log_level:\tinfo\n", "line 1, column 11"),
+        ("log_level: info\nlog_level: debug\n", "line 2, column 1"),
+        ("teams:\n  a: {}\n  b: {}\n  a: {}\n", "line 4, column 3"),
     ],
 )
 def test_broken_yaml_reports_line_and_column(tmp_path: Path, text: str, where: str) -> None:
@@ -773,6 +813,31 @@ def test_broken_yaml_reports_line_and_column(tmp_path: Path, text: str, where: s
     assert "hunter2" not in str(info.value)
     assert info.value.__cause__ is None
     assert info.value.__suppress_context__
+
+
+def test_duplicate_key_names_the_key(tmp_path: Path) -> None:
+    """A key written twice is refused, named (YAML alone keeps the last silently)."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("teams:\n  analytics: {}\n  analytics: {}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env=ENV)
+    assert info.value.problems == [
+        f"{path}: invalid YAML at line 3, column 3: duplicate key 'analytics'"
+    ]
+
+
+def test_merge_keys_may_be_overridden(tmp_path: Path) -> None:
+    """``<<: *defaults`` then a key of one's own is an override, not a duplicate."""
+    raw = valid_raw()
+    base = "x-base: &base\n  workspace: production\nteams:\n"
+    text = yaml.safe_dump(raw).replace("teams:\n", base)
+    text = text.replace("  analytics:\n", "  analytics:\n    <<: *base\n", 1)
+    path = tmp_path / "merged.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:  # x-base is an unknown key: the only problem
+        load_config(path, env=ENV)
+    (problem,) = info.value.problems
+    assert problem.startswith(f"{path}: x-base: unknown key")
 
 
 def test_missing_config_file_is_reported(tmp_path: Path) -> None:

@@ -111,7 +111,9 @@ def _check_config(path: str) -> int:
     try:
         config = load_config(path)
     except ConfigError as exc:
-        print(f"config {path}: INVALID ({len(exc.problems)} problems)", file=sys.stderr)
+        count = len(exc.problems)
+        plural = "problem" if count == 1 else "problems"
+        print(f"config {path}: INVALID ({count} {plural})", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG

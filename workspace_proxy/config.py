@@ -12,6 +12,7 @@ field's metadata) says what it may hold beyond its type. The validation below an
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -41,7 +42,8 @@ PASSTHROUGH: Final = ("passthrough",)
 TEAM_NAME: Final = "[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 """A team name: letters, digits, ``_``, ``-`` and ``.``, starting with a letter or digit, at
 most 64 characters."""
-_TEAM_NAME = re.compile(f"^{TEAM_NAME}$")
+_TEAM_NAME = re.compile(TEAM_NAME)
+_PLAIN_KEY = re.compile("[A-Za-z0-9_-]+")
 PROJECT_ID: Final = "[A-Za-z0-9_.-]+"
 BASE_URL: Final = (
     r"[Hh][Tt][Tt][Pp][Ss]?://(?:[^\s/?#@]*@)?(?:\[[0-9A-Fa-f:.]+\]|[^\s/?#@\[\]:]+)"
@@ -88,6 +90,9 @@ class Spec:
 
 
 _NO_SPEC: Final = Spec()
+DAY_S: Final = 86400.0
+"""The longest any duration setting may be (a longer one is a typo, and an event loop refuses
+timers of 1e300 s)."""
 SET: Final = object()
 """In a :class:`Conflict`: any value but null."""
 
@@ -158,11 +163,11 @@ class Secret:
 class Timeouts:
     """Time limits of the proxy's calls to Looker, in seconds."""
 
-    connect_s: float = field(default=10.0, metadata=Spec(minimum=0.1).meta)
+    connect_s: float = field(default=10.0, metadata=Spec(minimum=0.1, maximum=DAY_S).meta)
     """Opening a connection to Looker."""
-    read_s: float = field(default=900.0, metadata=Spec(minimum=0.1).meta)
+    read_s: float = field(default=900.0, metadata=Spec(minimum=0.1, maximum=DAY_S).meta)
     """Longest silence while waiting for Looker's answer (queries can run for minutes)."""
-    session_s: float = field(default=30.0, metadata=Spec(minimum=0.1).meta)
+    session_s: float = field(default=30.0, metadata=Spec(minimum=0.1, maximum=DAY_S).meta)
     """Total time for one login, PATCH /session or GET /session call."""
 
 
@@ -170,12 +175,12 @@ class Timeouts:
 class Retry:
     """Attempts to pin a team's session while Looker fails."""
 
-    interval_s: float = field(default=2.0, metadata=Spec(minimum=0.01).meta)
+    interval_s: float = field(default=2.0, metadata=Spec(minimum=0.01, maximum=DAY_S).meta)
     """Mean time between two attempts to pin a team's session while Looker fails: each wait is
     drawn uniformly from half to one and a half times this (so teams spread out), and is never
     shorter than Looker's Retry-After. At 2 s a failing team costs Looker at most about 30
     attempts a minute, and is served again about 1 s (at most 3 s) after Looker heals."""
-    deadline_s: float = field(default=15.0, metadata=Spec(minimum=0.0).meta)
+    deadline_s: float = field(default=15.0, metadata=Spec(minimum=0.0, maximum=DAY_S).meta)
     """How long a call may wait for a pinned session: it waits for the attempts due within this
     and is served by the first that succeeds; otherwise 503 with Retry-After = the next one."""
 
@@ -252,9 +257,9 @@ class Listen:
 class Shutdown:
     """What SIGTERM does."""
 
-    drain_s: float = field(default=5.0, metadata=Spec(minimum=0).meta)
+    drain_s: float = field(default=5.0, metadata=Spec(minimum=0, maximum=DAY_S).meta)
     """After SIGTERM, keep serving (readiness already 503) this long so load balancers notice."""
-    grace_s: float = field(default=30.0, metadata=Spec(minimum=0).meta)
+    grace_s: float = field(default=30.0, metadata=Spec(minimum=0, maximum=DAY_S).meta)
     """Then wait at most this long for in-flight requests before exiting."""
 
 
@@ -271,9 +276,9 @@ class Limits:
     max_headers: int = field(default=128, metadata=Spec(minimum=16).meta)
     """Most header lines Looker receives for one request (431 beyond): a caller may send this
     many minus the ones the proxy adds (``headers.ADDED``)."""
-    body_idle_timeout_s: float = field(default=60.0, metadata=Spec(minimum=0.1).meta)
+    body_idle_timeout_s: float = field(default=60.0, metadata=Spec(minimum=0.1, maximum=DAY_S).meta)
     """A caller whose request body stalls longer than this gets 408 (its slot is freed)."""
-    body_timeout_s: float = field(default=300.0, metadata=Spec(minimum=0.1).meta)
+    body_timeout_s: float = field(default=300.0, metadata=Spec(minimum=0.1, maximum=DAY_S).meta)
     """A request body still arriving this long after its head gets 408, however steadily it
     trickles (its slot and Looker connection are freed)."""
 
@@ -438,8 +443,12 @@ class _Problems:
 
 
 def _join(path: str, key: str | int) -> str:
+    """Where a value is, for problems: ``teams.analytics.workspace``; a key that is not a
+    plain word (a dot, a space, a control character) is quoted, ``teams["a.b"]``."""
     if isinstance(key, int):
         return f"{path}[{key}]"
+    if not _PLAIN_KEY.fullmatch(key):
+        return f"{path}[{json.dumps(key)}]"
     return f"{path}.{key}" if path else key
 
 
@@ -490,8 +499,8 @@ def _number(
     if not ok or isinstance(value, bool):
         problems.add(_join(path, key), f"must be {'an integer' if want_int else 'a number'}")
         return default
-    if math.isnan(value) or math.isinf(value):
-        problems.add(_join(path, key), "must be a finite number")
+    if isinstance(value, float) and not math.isfinite(value):  # (an int is: math.isinf
+        problems.add(_join(path, key), "must be a finite number")  # overflows on 10**400)
         return default
     if value < minimum:
         problems.add(_join(path, key), f"must be at least {minimum:g}")
@@ -664,7 +673,7 @@ def _check_url(value: object, path: str, problems: _Problems) -> str | None:
 
 def _team(name: str, raw: object, env: Env, problems: _Problems) -> TeamConfig | None:
     path = _join("teams", name)
-    if not _TEAM_NAME.match(name):
+    if not _TEAM_NAME.fullmatch(name):
         problems.add(path, "team names use letters, digits, '_', '-', '.' (at most 64)")
     keys = _keys(TeamConfig) | {"mode"}
     mode = raw.get("mode", "managed") if isinstance(raw, dict) else "managed"
@@ -935,6 +944,25 @@ def _tls(raw: object, path: str, problems: _Problems) -> Tls | None:
     return tls
 
 
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key written twice in one mapping: YAML would keep the
+    last silently (a second ``analytics:`` block replacing the first team whole)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[object] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) or key is None:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r}", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | os.PathLike[str], *, env: Env | None = None) -> Config:
     """Read and validate a YAML config file; every problem is reported in one ConfigError."""
     source = os.fspath(path)
@@ -945,7 +973,7 @@ def load_config(path: str | os.PathLike[str], *, env: Env | None = None) -> Conf
             [f"{source}: cannot read config file: {exc.__class__.__name__}"]
         ) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
