@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from workspace_proxy.metrics import Metrics
+from workspace_proxy.tokens import State, Status
 
 
 def _samples(text: str, name: str) -> dict[str, float]:
@@ -41,3 +42,18 @@ def test_latencies_are_exported_once() -> None:
     assert _samples(text, "workspace_proxy_upstream_latency_seconds_count") == {
         'team="finance"': 1.0
     }
+
+
+def _status(state: State, age: float | None) -> Status:
+    return Status(state, "dev", age, 1 if age is not None else None, None, None, 1)
+
+
+def test_session_age_drops_to_zero_when_the_session_is_gone() -> None:
+    """A team that lost its session does not keep exporting the age of the one it had."""
+    metrics = Metrics()
+    metrics.team_status("analytics", _status(State.OK, 1234.5))
+    ages = _samples(metrics.render().decode(), "workspace_proxy_session_age_seconds")
+    assert ages == {'team="analytics"': 1234.5}
+    metrics.team_status("analytics", _status(State.BACKING_OFF, None))
+    ages = _samples(metrics.render().decode(), "workspace_proxy_session_age_seconds")
+    assert ages == {'team="analytics"': 0.0}

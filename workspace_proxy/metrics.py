@@ -62,7 +62,7 @@ class Metrics:
         )
         self.session_age = Gauge(
             "workspace_proxy_session_age_seconds",
-            "Age of each team's published pinned session.",
+            "Age of the pinned session each team's calls use; 0 while it has none.",
             ["team"],
             registry=r,
             multiprocess_mode="livemax",
@@ -166,8 +166,9 @@ class Metrics:
         for state in State:
             self.team_state.labels(team, state.value).set(1 if status.state is state else 0)
         self.next_attempt.labels(team).set(status.next_attempt_in_s or 0.0)
-        if status.session_age_s is not None:
-            self.session_age.labels(team).set(status.session_age_s)
+        # 0 without a session: a series cannot be removed across worker processes, and the
+        # last age kept would read as a session still in use.
+        self.session_age.labels(team).set(status.session_age_s or 0.0)
 
     def render(self) -> bytes:
         self.publish()
