@@ -38,6 +38,7 @@ from workspace_proxy.decide import (
 )
 from workspace_proxy.errors import Forbidden, Invalid, ProxyError, Unauthenticated, answer
 from workspace_proxy.passthrough import Pinned
+from workspace_proxy.sealed import SealedSession
 from workspace_proxy.tokens import PinnedSession
 
 LOOKER_URL: Final = "http://looker.test:19999"
@@ -835,6 +836,34 @@ def finish(method: bytes, target: bytes, policy: Policy = PT_POLICY, **kwargs: A
     resolve = decide(head, PEER, policy)
     assert isinstance(resolve, Resolve)
     return decide_pinned(head, PEER, policy, resolve, pinned(policy))
+
+
+def sealed_pinned(policy: Policy, token_id: str) -> Pinned:
+    """A sealed passthrough session (as ``Passthrough`` opens a ``wp2.`` token, once)."""
+    plain = pinned(policy)
+    sealed = SealedSession("bi", plain.session.token, 2**40, token_id, "dev", None)
+    return Pinned(plain.team, plain.session, sealed)
+
+
+def test_remembered_passthrough_forwards_belong_to_their_own_session() -> None:
+    """The same head for two sealed sessions decides two forwards, each under its own session;
+    asked again, each session gets its own remembered forward (and ``decide`` the Resolve it
+    remembered once a session opened)."""
+    policy = make_policy(teams=("analytics",), team_settings={"bi": PASSTHROUGH})
+    head = request(b"GET", b"/api/4.0/user", usual(b"token looker-own-token"))
+    first, second = sealed_pinned(policy, "t1"), sealed_pinned(policy, "t2")
+    resolve = decide(head, PEER, policy)
+    assert isinstance(resolve, Resolve)
+    one = decide_pinned(head, PEER, policy, resolve, first)
+    two = decide_pinned(head, PEER, policy, resolve, second)
+    assert isinstance(one, Forward)
+    assert isinstance(two, Forward)
+    assert one.key == Caller(first)
+    assert two.key == Caller(second)
+    assert decide(head, PEER, policy) is resolve
+    assert decide_pinned(head, PEER, policy, resolve, second) is two
+    assert decide_pinned(head, PEER, policy, resolve, first) is one
+    assert decide_pinned(head, PEER, policy, resolve, sealed_pinned(policy, "t1")) is not one
 
 
 def test_an_unknown_route_is_refused_before_a_passthrough_token_is_resolved() -> None:

@@ -27,7 +27,7 @@ import functools
 import json
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 from urllib.parse import urlsplit
 
 from workspace_proxy import headers
@@ -55,6 +55,8 @@ from workspace_proxy.routes import (
 if TYPE_CHECKING:
     from workspace_proxy.auth import CallerAuth
     from workspace_proxy.passthrough import Pinned
+
+T = TypeVar("T")
 
 _NO_BODY_METHODS: Final = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 """Methods sent without Content-Length when they carry no body."""
@@ -216,13 +218,18 @@ class Policy:
     looker: Looker
     passthrough: bool
     """Some team is in passthrough mode: tokens that are not ours are Looker's."""
-    memo: dict[tuple[object, ...], tuple[Principal, Forward]] = field(
+    memo: dict[tuple[object, ...], tuple[Principal | None, Forward | Resolve]] = field(
         default_factory=dict, compare=False, repr=False
     )
-    """Forwards already decided, by everything a forward's decision reads (the head, its
-    framing and the peer), with the caller they were decided for: the same head decides the
-    same way as long as that caller's token is still good (``CallerAuth.valid``), which is
-    checked on every use. One per configuration, so a reload starts afresh."""
+    """Decisions already made, by everything they read (the head, its framing and the peer):
+    a forward with the proxy caller it was decided for (the same head decides the same way as
+    long as that caller's token is still good, ``CallerAuth.valid``, checked on every use); a
+    ``Resolve`` of a sealed passthrough token that opened (``Passthrough`` checks it on every
+    use). One per configuration, so a reload starts afresh."""
+    pinned_memo: dict[tuple[object, ...], tuple[Pinned, Decision]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """Forwards decided for a sealed passthrough session (``decide_pinned``), with it."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -247,13 +254,13 @@ def _sent(base_path: str, route: Route, target: Target) -> bytes:
 
 def decide(head: Head, peer: Peer, policy: Policy) -> Decision:
     """What to do with a request (see the module docstring)."""
-    key = (head.method, head.target, tuple(head.headers), head.length, head.chunked, peer.lines)
+    key = _memo_key(head, peer)
     memo = policy.memo
     known = memo.get(key)
     if known is not None:
-        principal, forward = known
-        if policy.auth.valid(principal):
-            return forward
+        principal, decided = known
+        if principal is None or policy.auth.valid(principal):
+            return decided
         del memo[key]
         return Refuse(Unauthenticated())
     try:
@@ -261,10 +268,18 @@ def decide(head: Head, peer: Peer, policy: Policy) -> Decision:
     except ProxyError as exc:
         return Refuse(exc)
     if isinstance(decision, Forward) and decision.principal is not None:
-        if len(memo) >= MEMO_MAX:
-            memo.clear()
-        memo[key] = (decision.principal, decision)
+        _remember(memo, key, (decision.principal, decision))
     return decision
+
+
+def _memo_key(head: Head, peer: Peer) -> tuple[object, ...]:
+    return (head.method, head.target, tuple(head.headers), head.length, head.chunked, peer.lines)
+
+
+def _remember(memo: dict[tuple[object, ...], T], key: tuple[object, ...], value: T) -> None:
+    if len(memo) >= MEMO_MAX:
+        memo.clear()
+    memo[key] = value
 
 
 def _decide(head: Head, peer: Peer, policy: Policy) -> Decision:
@@ -303,7 +318,27 @@ def _decide(head: Head, peer: Peer, policy: Policy) -> Decision:
 def decide_pinned(
     head: Head, peer: Peer, policy: Policy, resolve: Resolve, pinned: Pinned
 ) -> Decision:
-    """The rest of the decision for a passthrough caller whose session was resolved."""
+    """The rest of the decision for a passthrough caller whose session was resolved. A forward
+    for a sealed session is remembered with that session (the same ``Pinned`` object: a key of
+    its ``id`` is only trusted when the remembered object is this one)."""
+    if pinned.sealed is None:
+        return _decide_pinned(head, peer, policy, resolve, pinned)
+    key = _memo_key(head, peer)
+    pinned_key = (*key, id(pinned))
+    known = policy.pinned_memo.get(pinned_key)
+    if known is not None and known[0] is pinned:
+        return known[1]
+    decision = _decide_pinned(head, peer, policy, resolve, pinned)
+    if isinstance(decision, Forward):
+        # Only now, its token opened: random tokens never fill the memo.
+        _remember(policy.memo, key, (None, resolve))
+        _remember(policy.pinned_memo, pinned_key, (pinned, decision))
+    return decision
+
+
+def _decide_pinned(
+    head: Head, peer: Peer, policy: Policy, resolve: Resolve, pinned: Pinned
+) -> Decision:
     try:
         route, target, team = resolve.route, resolve.target, pinned.team
         key = Caller(pinned)
