@@ -562,6 +562,43 @@ async def test_run_query_csv_is_chunked_and_shows_the_workspace(
     )
 
 
+async def _raw_exchange(looker: LookerEmulator, request: bytes) -> bytes:
+    """Send ``request`` on a fresh socket that asks to close; everything the emulator wrote."""
+    host, port = looker.base_url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(request)
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    return data
+
+
+@pytest.mark.parametrize("path", [f"{V4}/user", "run/csv"])
+async def test_head_is_answered_like_get_without_a_body(
+    http: aiohttp.ClientSession, looker: LookerEmulator, path: str
+) -> None:
+    """HEAD on a GET endpoint answers its status and headers with no body bytes at all (real
+    Looker does; the proxy's HEAD call type runs against the emulator), JSON or streamed."""
+    token = await dev_token(http, looker)
+    if path == "run/csv":
+        query_id = (await create_query(http, looker, token, limit=2)).body["id"]
+        path = f"{V4}/queries/{query_id}/run/csv"
+    head = (
+        f"{path} HTTP/1.1\r\nHost: x\r\nAuthorization: token {token}\r\nConnection: close\r\n\r\n"
+    )
+    got = await _raw_exchange(looker, b"HEAD " + head.encode())
+    status_line, _, rest = got.partition(b"\r\n")
+    assert status_line == b"HTTP/1.1 200 OK", got[:200]
+    assert rest.endswith(b"\r\n\r\n"), "nothing after the head"
+    assert rest.count(b"\r\n\r\n") == 1
+    get = await _raw_exchange(looker, b"GET " + head.encode())
+    content_type = [h for h in get.split(b"\r\n") if h.lower().startswith(b"content-type:")]
+    assert content_type
+    assert content_type[0] in rest.split(b"\r\n")
+    assert looker.audit[-2].method == "HEAD"
+    assert looker.audit[-2].status == 200
+
+
 async def test_run_query_txt_and_sql(http: aiohttp.ClientSession, looker: LookerEmulator) -> None:
     """txt results are tab-separated; sql shows the generated SQL with the workspace."""
     token = await login(http, looker)

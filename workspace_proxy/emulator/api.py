@@ -165,7 +165,9 @@ async def handle(emu: LookerEmulator, request: web.Request, info: CallInfo) -> w
     info.token_fingerprint = None if token is None else token_fingerprint(token)
     call = Call(emu, request, {}, token, info)
     try:
-        resolved = resolve(request.method, request.path)
+        # HEAD is answered as the GET of the same path, without its body (aiohttp drops it).
+        method = "GET" if request.method == "HEAD" else request.method
+        resolved = resolve(method, request.path)
         if resolved is None:
             raise ApiError(404, "Not found")
         target, call.params = resolved

@@ -100,6 +100,8 @@ async def stream(
     response.content_type, response.charset = content_type, "utf-8"
     response.enable_chunked_encoding()
     await response.prepare(call.request)
+    if call.request.method == "HEAD":
+        return response  # the head of the GET, no body (aiohttp writes what it is given)
     cut = call.emu.take_reset_after_bytes()
     sent = 0
     for piece in pieces:
