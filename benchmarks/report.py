@@ -743,9 +743,10 @@ def _glance_section(results: Mapping[str, Any], charts: Mapping[str, str]) -> li
     lines = [
         "## At a glance",
         "",
-        "Drawn by the same run from the same figures as the tables below"
-        " (`benchmarks/charts.py`, matplotlib). Every chart gives each variant the same colour:"
-        " direct grey, nginx green, naive orange, workspace-proxy blue.",
+        "Drawn from the same run's figures as the tables below (`benchmarks/charts.py`,"
+        " matplotlib); each chart's caption says how its figures were measured. Every chart"
+        " gives each variant the same colour: direct grey, nginx green, naive orange,"
+        " workspace-proxy blue.",
         "",
     ]
     for key, alt in CHARTS.items():
