@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: test lint typecheck pytest demo bench bench-quick schema clean
+.PHONY: test lint typecheck pytest demo bench bench-quick bench-report schema clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,15 +32,24 @@ test: lint typecheck pytest
 demo: $(STAMP)
 	$(BIN)/workspace-proxy demo
 
-bench: $(STAMP)
+# The benchmarks also draw charts: matplotlib, the `bench` extra (not needed by `make test`).
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.revocations
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.recovery
 
-bench-quick: $(STAMP)
+bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.revocations --samples 200
 	$(BIN)/python -m benchmarks.run --quick
 	$(BIN)/python -m benchmarks.recovery --quick
+
+# docs/benchmarks.md and docs/charts/ again from the last full run's results, without measuring.
+bench-report: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.report --from benchmarks/results/latest.json
 
 # The configuration's JSON Schema, for editors; a test keeps config/schema.json equal to it.
 schema: $(STAMP)

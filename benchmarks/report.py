@@ -1,13 +1,26 @@
-"""Medians, ratios, the issue's targets, and the Markdown page (docs/benchmarks.md)."""
+"""Medians, ratios, the issue's targets, and the Markdown page (docs/benchmarks.md) with its
+charts (docs/charts/*.svg).
+
+The page and the charts are drawn from a run's results alone, so they can be drawn again from the
+saved JSON without measuring::
+
+    python -m benchmarks.report --from benchmarks/results/latest.json
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import json
 import math
+import os
 import statistics
+import sys
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-from benchmarks import calltypes
+from benchmarks import calltypes, teams
 from benchmarks.calltypes import CALL_TYPES, PER_BYTE_LIMIT, SCENARIO_PREFIX, CallType
 
 WP = "workspace-proxy"
@@ -31,6 +44,39 @@ CALL_METRICS = (
     "errors",
 )
 """Metrics of every ``call_<key>`` scenario (one per call type)."""
+GET_PREFIX = "get_c"
+"""The small JSON GET at ``n`` connections is kept under ``get_c<n>`` (the sweep's too)."""
+TEAM_METRICS = (
+    "rps",
+    "p50_ms",
+    "p99_ms",
+    "cpu_us_per_req",
+    "upstream_cores_busy",
+    "errors",
+    "rss_mib",
+    "pin_s",
+    "pin_failed",
+    "teams_ok",
+    "pin_attempts_max",
+)
+"""Metrics of every ``teams_<n>`` scenario (its variants: one team active, all active)."""
+
+
+def metrics_of(scenario: str) -> tuple[str, ...]:
+    if scenario in METRICS:
+        return METRICS[scenario]
+    if scenario.startswith(SCENARIO_PREFIX):
+        return CALL_METRICS
+    if scenario.startswith(GET_PREFIX):
+        return METRICS["get_c64"]
+    return TEAM_METRICS if scenario.startswith(teams.PREFIX) else ()
+
+
+def counts_of(summary: Mapping[str, Any], prefix: str) -> list[int]:
+    """The ``n`` of every ``<prefix><n>`` scenario measured, ascending (connections, teams)."""
+    tails = (name.removeprefix(prefix) for name in summary if name.startswith(prefix))
+    return sorted(int(t) for t in tails if t.isdigit())
+
 
 Stat = dict[str, float]
 Summary = dict[str, dict[str, dict[str, Stat]]]
@@ -47,7 +93,7 @@ def stat(values: Sequence[float]) -> Stat:
 def summarise(raw: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]]) -> Summary:
     out: Summary = {}
     for name, by_variant in raw.items():
-        names = METRICS.get(name, CALL_METRICS if name.startswith(SCENARIO_PREFIX) else ())
+        names = metrics_of(name)
         out[name] = {
             variant: {m: stat([r[m] for r in rounds if m in r]) for m in names}
             for variant, rounds in by_variant.items()
@@ -275,7 +321,9 @@ def _spread(s: Stat | None) -> str:
     return f" ±{(s['max'] - s['min']) / 2 / abs(s['median']) * 100:.0f}%"
 
 
-COUNTS = frozenset({"ok", "errors", "logins", "patches", "listen_overflows"})
+COUNTS = frozenset(
+    {"ok", "errors", "logins", "patches", "listen_overflows", "pin_failed", "teams_ok"}
+)
 
 
 def _cell(summary: Summary, scenario: str, variant: str, metric: str, digits: int) -> str:
@@ -292,7 +340,8 @@ def _verdict(ok: bool | None) -> str:
     return {True: "**PASS**", False: "**FAIL**", None: "n/a"}[ok]
 
 
-def markdown(results: Mapping[str, Any]) -> str:
+def markdown(results: Mapping[str, Any], charts: Mapping[str, str] | None = None) -> str:
+    """The page; ``charts``: chart key -> its path relative to the page (shown at the top)."""
     meta = results["meta"]
     summary: Summary = results["summary"]
     rat = results["ratios"]
@@ -325,6 +374,7 @@ def markdown(results: Mapping[str, Any]) -> str:
     lines += [f"> {note}" for note in meta.get("notes", [])]
     if meta.get("notes"):
         lines.append("")
+    lines += _glance_section(results, charts or {})
     lines += [
         "## Targets (issue 7)",
         "",
@@ -366,6 +416,7 @@ def markdown(results: Mapping[str, Any]) -> str:
     headline = _headline(summary)
     if headline:
         lines += ["", headline]
+    lines += _connections_section(results)
     lines += _calltype_section(results)
     lines += [
         "",
@@ -432,6 +483,7 @@ def markdown(results: Mapping[str, Any]) -> str:
             f" | {_cell(summary, 'cold_start', label, 'patches', 0)}"
             f" | {_cell(summary, 'cold_start', label, 'listen_overflows', 0)} |"
         )
+    lines += _teams_section(results)
     lines += ["", "## Where the time goes", "", *COSTS]
     lines += ["", "## Setup", "", *SETUP, "", "## Running it", "", *RUNNING, ""]
     return "\n".join(lines)
@@ -526,6 +578,253 @@ def _calltype_section(results: Mapping[str, Any]) -> list[str]:
     lines += ["", "How each call type is sent:", ""]
     lines += [f"- **{r['label']}**: {r['how']}." for r in rows]
     return lines
+
+
+def _connections_section(results: Mapping[str, Any]) -> list[str]:
+    summary: Summary = results["summary"]
+    points = counts_of(summary, GET_PREFIX)
+    if not set(points) - {1, 64}:
+        return []
+    variants = _order({v for c in points for v in summary[f"{GET_PREFIX}{c}"]})
+    lines = [
+        "",
+        "### The same GET against connections",
+        "",
+        "Each cell: req/s, then CPU µs per call (as above), at that many keep-alive connections. "
+        + _rounds_text(results)
+        + ".",
+        "",
+        "| Variant | " + " | ".join(f"{c} conn{'s' if c > 1 else ''}" for c in points) + " |",
+        "|---|" + "---|" * len(points),
+    ]
+    for v in variants:
+        cells = []
+        for c in points:
+            name = f"{GET_PREFIX}{c}"
+            if v not in summary[name]:
+                cells.append("—")
+                continue
+            rps = median(summary, name, v, "rps")
+            cpu = median(summary, name, v, "cpu_us_per_req")
+            cells.append(f"{_num(rps)} / {_num(cpu)} µs")
+        lines.append(f"| {v} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _rounds_text(results: Mapping[str, Any]) -> str:
+    """Which connection counts were measured how: e.g. ``1 and 64 connections: medians of 3
+    rounds of 5 s; 4, 16 and 256: 1 round of 2 s``."""
+    summary: Summary = results["summary"]
+    raw: Mapping[str, Any] = results.get("raw", {})
+    groups: dict[tuple[int, int], list[int]] = {}
+    for c in counts_of(summary, GET_PREFIX):
+        name = f"{GET_PREFIX}{c}"
+        rounds = max((len(r) for r in raw.get(name, {}).values()), default=0)
+        runs = [run for r in raw.get(name, {}).values() for run in r]
+        seconds = round(statistics.median(run["duration_s"] for run in runs)) if runs else 0
+        groups.setdefault((rounds, seconds), []).append(c)
+    parts = []
+    for (rounds, seconds), counts in groups.items():
+        what = f"medians of {rounds} rounds" if rounds > 1 else f"{rounds} round"
+        parts.append(f"{_and(counts)} connections: {what} of {seconds} s")
+    return "; ".join(parts)
+
+
+def _and(items: Sequence[object]) -> str:
+    words = [f"{i:,}" if isinstance(i, int) else str(i) for i in items]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _teams_section(results: Mapping[str, Any]) -> list[str]:
+    summary: Summary = results["summary"]
+    counts = counts_of(summary, teams.PREFIX)
+    if not counts:
+        return []
+    meta = results["meta"]
+    raw: Mapping[str, Any] = results.get("raw", {})
+    one, every = teams.ONE, teams.ALL
+    lines = [
+        "",
+        "## Cost against the number of teams configured",
+        "",
+        f"_{_machine(meta)}; workspace-proxy {meta.get('workers', {}).get(WP, '?')} workers,"
+        f" {teams.CONNECTIONS} connections, `GET /api/4.0/user`,"
+        f" {meta.get('sweep_rounds', 1)} round of {meta.get('sweep_duration_s', '?')} s per"
+        " load and count._",
+        "",
+        "For each count, workspace-proxy is started with that many managed teams (each its own"
+        " Looker API user and one caller, all in `dev`; `benchmarks/teams.py`), the generated"
+        " config checked by `workspace-proxy check-config` first. *One team active*: every"
+        " connection sends team 1's caller token; the other teams have never been called and"
+        " hold no session. Then every team gets one first call, all at once: the proxy logs in"
+        " and pins each team (single-flight per team), and `/readyz` must show every team `ok`"
+        " after one attempt. *All teams active*: every connection takes the teams' caller"
+        " tokens in turn (a wrk Lua script; the one-team load runs through the same script with"
+        " a list of one). RSS is the sum over the proxy's processes (supervisor and workers)"
+        " after each load.",
+        "",
+        "| Teams configured | check-config | one active: req/s | µs/call | all active: req/s"
+        " | µs/call | RSS one / all (MiB) | pin every team (s) | pins failed | teams ok"
+        " | pin attempts per team (max) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n in counts:
+        name = teams.scenario(n)
+        runs = raw.get(name, {}).get(every, [])
+        check = runs[0].get("check_config", "—") if runs else "—"
+        lines.append(
+            f"| {n:,} | {check}"
+            f" | {_cell(summary, name, one, 'rps', 0)}"
+            f" | {_cell(summary, name, one, 'cpu_us_per_req', 0)}"
+            f" | {_cell(summary, name, every, 'rps', 0)}"
+            f" | {_cell(summary, name, every, 'cpu_us_per_req', 0)}"
+            f" | {_num(median(summary, name, one, 'rss_mib'))}"
+            f" / {_num(median(summary, name, every, 'rss_mib'))}"
+            f" | {_cell(summary, name, every, 'pin_s', 3)}"
+            f" | {_cell(summary, name, every, 'pin_failed', 0)}"
+            f" | {_cell(summary, name, every, 'teams_ok', 0)}"
+            f" | {_cell(summary, name, every, 'pin_attempts_max', 0)} |"
+        )
+    return lines
+
+
+def _machine(meta: Mapping[str, Any]) -> str:
+    return f"Machine: {meta['machine']['line']}; {meta['date']}"
+
+
+# --- charts ----------------------------------------------------------------------------------
+
+CHARTS: dict[str, str] = {
+    "connections": "req/s and CPU per call against connections, per variant",
+    "calltypes": "CPU per call type through workspace-proxy, before and after issue 16",
+    "download": "1 GiB download: GB/s, CPU per byte and RSS growth per variant",
+    "teams": "workspace-proxy's CPU per call, req/s, RSS and pin time against teams configured",
+}
+"""Chart key (``docs/charts/<key>.svg``) -> its alt text, in the order shown."""
+
+
+def can_draw() -> bool:
+    """matplotlib is installed (the ``bench`` extra)."""
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def _captions(results: Mapping[str, Any]) -> dict[str, str]:
+    meta = results["meta"]
+    workers = ", ".join(f"{k} {v}" for k, v in meta.get("workers", {}).items())
+    call_s = meta.get("call_duration_s", meta["duration_s"])
+    rounds = meta["rounds"]
+    per = f"{meta.get('sweep_rounds', 1)} round of {meta.get('sweep_duration_s', '?')} s"
+    return {
+        "connections": "**Throughput and CPU per call against connections**"
+        " (`GET /api/4.0/user`, 579-byte answer; req/s on a log scale; `direct`'s CPU is the"
+        f" upstream's own). {_rounds_text(results)}; bars: min-max. Workers: {workers}.",
+        "calltypes": "**CPU per call type** at 64 connections through workspace-proxy"
+        f" ({rounds} rounds of {call_s:g} s; bars: min-max), beside what issue 16 measured for"
+        " the previous design (a front that relayed every call but plain ones to the aiohttp"
+        " app; the issue gives figures for the plain GET, the 1 KiB POST and the non-ASCII"
+        " header) and nginx making the same call (it has no passthrough or sudo tokens)."
+        " Dashed: the 60 µs target (40 µs for the plain GET).",
+        "download": "**1 GiB CSV download**, one request through each variant: throughput"
+        " (dashed: the 1 GB/s target), CPU per byte of the variant's processes (`direct`: the"
+        " upstream's) and RSS growth during the download (dashed: the 32 MiB limit); medians"
+        f" of {rounds} rounds, bars: min-max.",
+        "teams": "**workspace-proxy against the number of teams configured**"
+        f" ({meta.get('workers', {}).get(WP, '?')} workers, {teams.CONNECTIONS} connections,"
+        f" {per} per load): CPU per call and req/s with one team active and with every team"
+        " active (the connections take the teams' tokens in turn), the RSS of the proxy's"
+        " processes, and the wall time to pin every team at once (one login and PATCH each).",
+    }
+
+
+def _glance_section(results: Mapping[str, Any], charts: Mapping[str, str]) -> list[str]:
+    if not charts:
+        return []
+    captions = _captions(results)
+    lines = [
+        "## At a glance",
+        "",
+        "Drawn from the same run's figures as the tables below (`benchmarks/charts.py`,"
+        " matplotlib); each chart's caption says how its figures were measured. Every chart"
+        " gives each variant the same colour: direct grey, nginx green, naive orange,"
+        " workspace-proxy blue.",
+        "",
+    ]
+    for key, alt in CHARTS.items():
+        if key in charts:
+            lines += [
+                f"![{alt}]({charts[key]})",
+                "",
+                f"{captions[key]} _{_machine(results['meta'])}._",
+                "",
+            ]
+    return lines
+
+
+def publish(results: Mapping[str, Any], docs: Path | None, charts_dir: Path | None) -> list[Path]:
+    """Draw the charts into ``charts_dir`` and write the page to ``docs`` (either may be None);
+    the files written."""
+    written: list[Path] = []
+    links: dict[str, str] = {}
+    if charts_dir is not None:
+        from benchmarks.charts import draw  # matplotlib: the bench extra, needed only here
+
+        drawn = draw(results, charts_dir)
+        written += drawn.values()
+        if docs is not None:
+            links = {
+                key: Path(os.path.relpath(path, docs.parent)).as_posix()
+                for key, path in drawn.items()
+            }
+    if docs is not None:
+        docs.parent.mkdir(parents=True, exist_ok=True)
+        docs.write_text(markdown(results, links))
+        written.append(docs)
+    return written
+
+
+def load(path: Path) -> dict[str, Any]:
+    """Results saved by ``benchmarks.run`` (a missing figure, null in the file, becomes NaN)."""
+    results: dict[str, Any] = json.loads(path.read_text())
+    for by_variant in results.get("summary", {}).values():
+        for metrics in by_variant.values():
+            for s in metrics.values():
+                s.update({k: math.nan for k, v in s.items() if v is None})
+    tables = [f for by_variant in results.get("ratios", {}).values() for f in by_variant.values()]
+    tables += results.get("added_latency", {}).values()
+    tables += [f for row in results.get("calltypes", []) for f in row["variants"].values()]
+    for figures in tables:
+        figures.update({k: math.nan for k, v in figures.items() if v is None})
+    return results
+
+
+ROOT = Path(__file__).resolve().parents[1]
+LATEST = ROOT / "benchmarks" / "results" / "latest.json"
+DOCS = ROOT / "docs" / "benchmarks.md"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.report",
+        description="Write docs/benchmarks.md and its charts again from a run's saved results,"
+        " without measuring.",
+    )
+    p.add_argument("--from", dest="source", default=str(LATEST), help="results JSON (latest.json)")
+    p.add_argument("--docs", help="Markdown page ('' to skip; default docs/benchmarks.md)")
+    p.add_argument("--charts", help="folder for the SVG charts ('' to skip; default beside --docs)")
+    args = p.parse_args(argv)
+    results = load(Path(args.source))
+    if args.docs is None:
+        if results["meta"].get("quick"):
+            p.error("a quick run never replaces the published page: pass --docs (and --charts)")
+        args.docs = str(DOCS)
+    if args.charts is None:
+        args.charts = str(Path(args.docs).parent / "charts") if args.docs else ""
+    if args.charts and not can_draw():
+        p.error("matplotlib is needed for the charts: pip install -e '.[bench]' (or --charts '')")
+    docs = Path(args.docs) if args.docs else None
+    for path in publish(results, docs, Path(args.charts) if args.charts else None):
+        print(f"wrote {path}")
+    return 0
 
 
 def _errors(figures: Mapping[str, float]) -> str:
@@ -650,12 +949,20 @@ SETUP = [
 
 RUNNING = [
     "```sh",
-    "make bench-quick     # 1 round of short runs, call types through workspace-proxy only"
-    " (results/quick.json only)",
-    "make bench           # 3 rounds of 5 s runs (3 s per call type), several minutes;"
-    " rewrites this page",
+    "make bench-quick     # 1 round of short runs, call types through workspace-proxy only,"
+    " shrunk sweeps (results/quick.json and results/quick-charts/ only)",
+    "make bench           # 3 rounds of 5 s runs (3 s per call type; the sweeps 1 round of 2 s"
+    " per point), several minutes; rewrites this page and docs/charts/",
+    "make bench-report    # this page and its charts again from results/latest.json, without"
+    " measuring",
     "python -m benchmarks.run --help",
     "```",
+    "",
+    "The charts are drawn by `benchmarks/charts.py` with matplotlib, the `bench` extra"
+    " (`pip install -e '.[bench]'`; `make bench` and `make bench-quick` install it, `make test`"
+    " does not). `python -m benchmarks.report --from FILE [--docs PAGE] [--charts DIR]` writes"
+    " the page and charts from any saved results; a quick run's results never replace the"
+    " published page unless `--docs` names it.",
     "",
     "nginx and wrk are installed with `apt-get` when missing (as root); without nginx the"
     " upstream is the asyncio fixed-answer server and the nginx variant is left out, without"
@@ -671,4 +978,13 @@ RUNNING = [
     " --scenarios calltypes,download --out '' --docs ''` (the download gives the per-byte"
     " reference); `--call-types plain_get,post_1k` narrows them, `--call-references ''` leaves"
     " out direct and nginx, `--call-duration` sets the seconds per run.",
+    "",
+    "Sweeps alone: `python -m benchmarks.run --scenarios sweep,teams --connections 4,16,256"
+    " --teams 1,10 --sweep-duration 2 --out '' --docs ''` (`--sweep-rounds` runs them in more"
+    " rounds; connection counts that `get1` and `get64` measure in the same run are taken from"
+    " them).",
 ]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,10 +4,13 @@
     python -m benchmarks.run --quick    # 1 round, 1 s runs (about a minute), results/quick.json
 
 Variants: ``direct`` (the upstream itself), ``nginx`` (C reverse proxy), ``naive`` (plain aiohttp
-proxy) and ``workspace-proxy``. Scenarios: small JSON GET at 1 and 64 connections, CPU per call
-type at 64 connections (issue 16: passthrough and sudo tokens, HEAD, small, chunked and large
-bodies, a non-ASCII header, a 1 MiB answer; ``benchmarks/calltypes.py``), a 1 GiB CSV download,
-2,000 concurrent 1 s requests, and a cold start with 1,000 concurrent first requests.
+proxy) and ``workspace-proxy``. Scenarios: small JSON GET at 1 and 64 connections, the same GET
+swept over connections (4, 16, 256; shorter runs), CPU per call type at 64 connections (issue
+16: passthrough and sudo tokens, HEAD, small, chunked and large bodies, a non-ASCII header, a
+1 MiB answer; ``benchmarks/calltypes.py``), a 1 GiB CSV download, 2,000 concurrent 1 s requests,
+a cold start with 1,000 concurrent first requests, and workspace-proxy's cost against the number
+of teams configured (``benchmarks/teams.py``). The page's charts are drawn from the same results
+(``benchmarks/charts.py``, matplotlib: ``pip install -e '.[bench]'``).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import calltypes, load, report, servers
+from benchmarks import calltypes, load, report, servers, teams
 from benchmarks.calltypes import CallType, TokenKind
 from benchmarks.report import WP
 from benchmarks.servers import CSV_PATH, SLOW_PATH, USER_PATH, Proc
@@ -45,6 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "latest.json"
 DEFAULT_DOCS = ROOT / "docs" / "benchmarks.md"
 QUICK_OUT = ROOT / "benchmarks" / "results" / "quick.json"
+QUICK_CHARTS = ROOT / "benchmarks" / "results" / "quick-charts"
 GIB = 1024**3
 
 
@@ -246,13 +250,13 @@ class Bench:
         out["upstream_cores_busy"] = up / wall
         return out
 
-    def get(self, v: Variant, connections: int) -> dict[str, Any]:
+    def get(self, v: Variant, connections: int, duration_s: float | None = None) -> dict[str, Any]:
         return self._measured(
             v,
             lambda: load.closed_loop(
                 v.url + USER_PATH,
                 connections=connections,
-                duration_s=self.args.duration,
+                duration_s=duration_s or self.args.duration,
                 headers=v.headers,
                 threads=self.cores,
                 workdir=self.tmp,
@@ -317,6 +321,38 @@ class Bench:
         result["patches"] = after["session_patches"] - before["session_patches"]
         return result
 
+    def teams(self, n: int) -> dict[str, dict[str, Any]]:
+        """workspace-proxy with ``n`` teams configured: one team active, then all of them."""
+        a = self.args
+        proc = self.keep(
+            teams.start(self.tmp, n, self.upstream.url, self.wp_workers, a.wp_pythonpath)
+        )
+        try:
+            v = Variant(f"{WP} ({n} teams)", proc, {}, self.wp_workers or 1)
+            return teams.point(
+                proc,
+                n,
+                measure=lambda run: self._measured(v, run),
+                duration_s=a.sweep_duration,
+                warmup_s=a.warmup_s,
+                threads=self.cores,
+                workdir=self.tmp,
+                say=self.say,
+            )
+        finally:
+            proc.stop()
+            self.procs.remove(proc)
+
+    def get_points(self, rnd: int) -> list[tuple[int, float]]:
+        """(connections, seconds) of the GET runs of round ``rnd``: 1 and 64 every round, the
+        sweep's other points (``--connections``) in its rounds, shorter."""
+        a = self.args
+        main = [c for c in (1, 64) if f"get{c}" in a.scenarios]
+        points = [(c, float(a.duration)) for c in main]
+        if "sweep" in a.scenarios and rnd < a.sweep_rounds:
+            points += [(c, float(a.sweep_duration)) for c in a.connections if c not in main]
+        return sorted(points)
+
     # --- the run ---------------------------------------------------------------------------
 
     def run(self, have_nginx: bool) -> None:
@@ -333,11 +369,9 @@ class Bench:
             names = list(variants)
             order = names[rnd % len(names) :] + names[: rnd % len(names)]
             self.say(f"round {rnd + 1}/{a.rounds}: order {', '.join(order)}")
-            for conns in (1, 64):
-                if f"get{conns}" not in a.scenarios:
-                    continue
+            for conns, seconds in self.get_points(rnd):
                 for name in order:
-                    r = self.get(variants[name], conns)
+                    r = self.get(variants[name], conns, seconds)
                     self.raw[f"get_c{conns}"][name].append(r)
                     self.say(
                         f"  GET c={conns:<3} {name:16} {r['rps']:>9,.0f} req/s"
@@ -386,6 +420,15 @@ class Bench:
                         f"  logins {r['logins']}  PATCHes {r['patches']}"
                         f"  listen overflows {r['listen_overflows']}"
                     )
+            if "teams" in a.scenarios and WP in variants and rnd < a.sweep_rounds:
+                for n in a.teams:
+                    for load_, r in self.teams(n).items():
+                        self.raw[teams.scenario(n)][load_].append(r)
+                        self.say(
+                            f"  teams {n:>5} {teams.LABELS[load_]:16} {r['rps']:>9,.0f} req/s"
+                            f"  {r['cpu_us_per_req']:6.0f} us/call  RSS {r['rss_mib']:.0f} MiB"
+                            f"  errors {r['errors']}"
+                        )
 
     def cold_configs(self) -> list[int | None]:
         if self.wp_workers is None:
@@ -423,9 +466,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", default=",".join(report.VARIANTS), help="comma-separated")
     p.add_argument(
         "--scenarios",
-        default="get1,get64,calltypes,download,burst,cold",
-        help="comma-separated subset of get1,get64,calltypes,download,burst,cold (calltypes"
-        " judges large bodies per byte against the download: run both for that ratio)",
+        help="comma-separated subset of " + ",".join(SCENARIOS) + " (default all; with --quick"
+        " the sweeps are shrunk, see --connections and --teams). calltypes judges large bodies"
+        " per byte against the download: run both for that ratio",
+    )
+    p.add_argument(
+        "--connections",
+        help="connections of the sweep (default 1,4,16,64,256; 1,64,256 quick); points that get1"
+        " and get64 measure in the same run are taken from them",
+    )
+    p.add_argument(
+        "--sweep-duration",
+        type=int,
+        help="seconds per run of the connection and teams sweeps (default 2; 1 quick)",
+    )
+    p.add_argument(
+        "--sweep-rounds",
+        type=int,
+        default=1,
+        help="rounds in which the connection and teams sweeps run (default 1: the first)",
+    )
+    p.add_argument(
+        "--teams",
+        help="teams configured, per point of the teams sweep (default 1,10,100,1000; 100 quick)",
     )
     p.add_argument(
         "--call-types",
@@ -455,6 +518,11 @@ def _parser() -> argparse.ArgumentParser:
         "--docs",
         help="Markdown page ('' to skip; default docs/benchmarks.md, none with --quick: a quick "
         "run never replaces the published figures)",
+    )
+    p.add_argument(
+        "--charts",
+        help="folder for the SVG charts ('' to skip; default charts/ beside --docs, with --quick"
+        " results/quick-charts/); needs matplotlib (pip install -e '.[bench]')",
     )
     p.add_argument(
         "--wp-pythonpath",
@@ -501,7 +569,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         _parser().error(str(exc))
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    args.scenarios = _names(args.scenarios or ",".join(SCENARIOS))
+    unknown = set(args.scenarios) - set(SCENARIOS)
+    if unknown:
+        _parser().error(f"unknown scenarios {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
+    args.sweep_duration = args.sweep_duration or (1 if args.quick else 2)
+    sweep = QUICK_SWEEP if args.quick else FULL_SWEEP
+    try:
+        args.connections = _counts(args.connections or sweep["connections"])
+        args.teams = _counts(args.teams or sweep["teams"])
+    except ValueError as exc:
+        _parser().error(str(exc))
+    if args.charts is None:
+        args.charts = _default_charts(args.quick, args.docs)
     started = time.monotonic()
 
     def say(message: str) -> None:
@@ -509,6 +589,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # SIGTERM would end the interpreter without running `finally`: turn it into an exception.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    if args.charts and not report.can_draw():
+        if not args.quick:
+            say("matplotlib is needed for the charts: pip install -e '.[bench]' (or --charts '')")
+            return 2
+        say("NOTE: matplotlib is not installed: no quick charts (pip install -e '.[bench]')")
+        args.charts = ""
     have = ensure_tools(say, install=not args.no_install)
     if args.no_nginx:
         have["nginx"] = False
@@ -530,6 +616,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cold_requests": args.cold,
         "download_bytes": args.download_bytes,
         "call_duration_s": args.call_duration,
+        "connections": args.connections,
+        "teams": args.teams,
+        "sweep_duration_s": args.sweep_duration,
+        "sweep_rounds": min(args.sweep_rounds, args.rounds),
         "loadavg_before": _loadavg(),
     }
     say(f"machine: {meta['machine']['line']}")
@@ -570,11 +660,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(_clean(results), indent=2, allow_nan=False) + "\n")
         say(f"wrote {out}")
-    if args.docs:
-        docs = Path(args.docs)
-        docs.parent.mkdir(parents=True, exist_ok=True)
-        docs.write_text(report.markdown(results))
-        say(f"wrote {docs}")
+    written = report.publish(
+        results, Path(args.docs) if args.docs else None, Path(args.charts) if args.charts else None
+    )
+    for path in written:
+        say(f"wrote {path}")
     return 0
 
 
@@ -593,6 +683,31 @@ def assemble(
         "calltypes": report.calltype_rows(summary, plain, meta.get("call_failures", {})),
         "raw": plain,
     }
+
+
+SCENARIOS = ("get1", "get64", "sweep", "calltypes", "download", "burst", "cold", "teams")
+FULL_SWEEP = {"connections": "1,4,16,64,256", "teams": ",".join(map(str, teams.COUNTS))}
+QUICK_SWEEP = {"connections": "1,64,256", "teams": "100"}
+"""--quick: one sweep point beyond get1 and get64, one team count (about 10 s together)."""
+
+
+def _default_charts(quick: bool, docs: str) -> str:
+    """Charts go beside the page (docs/charts/); a quick run's never do (results/quick-charts/)."""
+    if quick:
+        return str(QUICK_CHARTS)
+    return str(Path(docs).parent / "charts") if docs else ""
+
+
+def _names(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def _counts(text: str) -> list[int]:
+    """``1,4,16`` -> [1, 4, 16] (positive, sorted, no repeats)."""
+    counts = sorted({int(s) for s in _names(text)})
+    if not counts or counts[0] < 1:
+        raise ValueError(f"expected positive counts, got {text!r}")
+    return counts
 
 
 def _slug(name: str) -> str:

@@ -519,8 +519,11 @@ def _login(port: int, client_id: str, client_secret: str) -> tuple[int, bytes]:
     )
 
 
-def caller_login(port: int) -> str | None:
-    return _access_token(*_login(port, CALLER_ID, ENV["WP_BENCH_CALLER_SECRET"]))
+def caller_login(
+    port: int, client_id: str = CALLER_ID, secret: str = ENV["WP_BENCH_CALLER_SECRET"]
+) -> str | None:
+    """A proxy caller's login: its proxy token, None when refused."""
+    return _access_token(*_login(port, client_id, secret))
 
 
 class LoginError(RuntimeError):
@@ -554,6 +557,27 @@ def sudo_login(port: int) -> str:
     return token
 
 
+ConfigFor = Callable[[str, int, int], dict[str, Any]]
+"""A workspace-proxy config for (Looker URL, port, admin port), e.g. ``wp_config``."""
+
+
+def check_config(tmp: Path, path: Path, env: Mapping[str, str]) -> str:
+    """``workspace-proxy check-config`` on ``path``: its summary (stdout); raises with its
+    output when the config is refused."""
+    done = subprocess.run(
+        [sys.executable, "-m", "workspace_proxy", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **env},
+        cwd=tmp,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"check-config refused {path}:\n{done.stderr[-2000:]}")
+    return done.stdout
+
+
 def start_wp(
     tmp: Path,
     name: str,
@@ -561,18 +585,23 @@ def start_wp(
     workers: int | None,
     *,
     pythonpath: str | None = None,
+    config: ConfigFor = wp_config,
+    check: bool = False,
 ) -> Proc:
-    """``python -m workspace_proxy serve`` with a generated config; ``extra['token']`` is set."""
+    """``python -m workspace_proxy serve`` with a generated config; ``extra['token']`` is set.
+
+    ``check``: run ``check-config`` on the file first (its summary in ``extra['check']``)."""
     port, admin_port = free_port(), free_port()
     path = tmp / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(wp_config(looker_url, port, admin_port), sort_keys=False))
+    path.write_text(yaml.safe_dump(config(looker_url, port, admin_port), sort_keys=False))
+    env = dict(ENV)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    checked = check_config(tmp, path, env) if check else None
     argv = [sys.executable, "-m", "workspace_proxy", "serve", "-c", str(path)]
     argv += ["--port", str(port), "--admin-port", str(admin_port)]
     if workers is not None:
         argv += ["--workers", str(workers)]
-    env = dict(ENV)
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath
     # cwd is the temp dir: `python -m` puts the cwd first on sys.path, which would shadow a
     # PYTHONPATH copy of the package with the checkout's own.
     proc = spawn(name, argv, tmp / f"{name}.log", port, env=env, cwd=tmp)
@@ -587,4 +616,6 @@ def start_wp(
     wait_until(proc, logged_in, 30)
     proc.extra["token"] = token[0]
     proc.extra["admin_port"] = admin_port
+    if checked is not None:
+        proc.extra["check"] = checked
     return proc
