@@ -187,10 +187,13 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _supervise(config: Config, config_path: str, workers: int) -> int:
+    from workspace_proxy.runtime import supervisor_runtime_dir
+
+    runtime = supervisor_runtime_dir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(runtime, "metrics")
+    # Only now: the supervisor's own metrics (its sessions') must be multiprocess values too.
     from workspace_proxy import supervisor
 
-    runtime = supervisor.make_runtime_dir()
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(runtime, "metrics")
     return supervisor.run(config, config_path=config_path, workers=workers, runtime=runtime)
 
 

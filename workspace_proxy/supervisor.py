@@ -30,7 +30,7 @@ from workspace_proxy.errors import ConfigError
 from workspace_proxy.firstsight import Recheck, looker_check
 from workspace_proxy.looker import LookerClient
 from workspace_proxy.metrics import Metrics
-from workspace_proxy.runtime import new_runtime_dir, remove_stale, remove_worker_files
+from workspace_proxy.runtime import remove_worker_files
 from workspace_proxy.sharing import Hub
 from workspace_proxy.tokens import TokenManager, close_all
 
@@ -209,12 +209,3 @@ def run(config: Config, *, config_path: str, workers: int, runtime: str) -> int:
         )
     finally:
         shutil.rmtree(runtime, ignore_errors=True)
-
-
-def make_runtime_dir() -> str:
-    """A private directory for the broker socket and the multiprocess metrics files, named
-    after this process; those of killed instances are removed first."""
-    remove_stale()
-    path = new_runtime_dir()
-    os.makedirs(os.path.join(path, "metrics"))
-    return path
