@@ -13,9 +13,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import yaml
-from conftest import MakeLooker
 from harness import ProxyProcess, assert_every_call_pinned, raw_config
-from prometheus_client.parser import text_string_to_metric_families
 
 from workspace_proxy.emulator import LookerEmulator
 
@@ -343,73 +341,3 @@ async def test_a_killed_supervisors_runtime_dir_is_removed_by_the_next_start(
                 await proc.kill()
     assert not live_dir.exists()
     assert not next_dir.exists()
-
-
-# --- metrics: an instance of workers exports what one process exports ---------------------------
-
-SUPERVISOR_METRICS = (
-    "workspace_proxy_session_events_total",
-    "workspace_proxy_session_age_seconds",
-    "workspace_proxy_replays_total",
-    "workspace_proxy_pin_attempts_total",
-    "workspace_proxy_team_state",
-    "workspace_proxy_next_pin_attempt_seconds",
-)
-"""What the supervisor (which owns the sessions) or a worker counts outside the per-request
-batch a worker exports once a second."""
-
-
-async def _scenario(looker: LookerEmulator, proc: ProxyProcess) -> tuple[set[str], set[str]]:
-    """A cold login, a replay after Looker revoked the session, a failed then successful pin;
-    returns (the metric families exported, the samples of SUPERVISOR_METRICS)."""
-    async with aiohttp.ClientSession() as http:
-        tokens = {t: await _login(http, proc.url, t) for t in ("analytics", "finance")}
-
-        async def user(team: str) -> int:
-            headers = {"Authorization": f"token {tokens[team]}"}
-            async with http.get(f"{proc.url}/api/4.0/user", headers=headers) as resp:
-                await resp.read()
-                return resp.status
-
-        assert await user("analytics") == 200
-        looker.revoke_all_tokens()
-        assert await user("analytics") == 200  # re-pinned, replayed
-        looker.faults.login_failures = 1
-        assert await user("finance") == 200  # one failed attempt, then pinned
-        async with http.get(f"{proc.admin_url}/metrics") as resp:
-            text = await resp.text()
-    # `_created` (a per-process creation time) is never exported in multiprocess mode.
-    families = {
-        f.name for f in text_string_to_metric_families(text) if not f.name.endswith("_created")
-    }
-    samples = {
-        f"{s.name}{sorted((k, v) for k, v in s.labels.items() if k != 'pid')}"
-        + ("" if s.name.endswith(("_seconds", "_state")) else f"={s.value}")
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
-        if s.name in SUPERVISOR_METRICS
-    }
-    return families, samples
-
-
-async def test_workers_export_every_metric_one_process_exports(
-    make_looker: MakeLooker, tmp_path: Path
-) -> None:
-    """The same calls against one process and against `--workers 2`: /metrics has the same
-    metric families, and the same samples (values too, for counters) of the session metrics
-    the supervisor owns: session events, session age, replays, pin attempts, team state."""
-    exported: list[tuple[set[str], set[str]]] = []
-    for args in ((), ("--workers", "2")):
-        looker = await make_looker()
-        proc = await ProxyProcess.start(raw_config(looker.base_url), tmp_path, *args)
-        try:
-            await proc.wait_for_event("listening", count=2 if args else 1)
-            exported.append(await _scenario(looker, proc))
-            assert await proc.stop() == 0
-        finally:
-            await proc.kill()
-    (single, single_samples), (workers, workers_samples) = exported
-    assert {f"workspace_proxy_{n}" for n in ("replays", "session_events")} <= single
-    assert workers == single
-    assert single_samples, "the scenario produced session metrics"
-    assert workers_samples == single_samples
