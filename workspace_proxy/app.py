@@ -215,10 +215,6 @@ class Proxy:
             log.warning("listen_change_needs_restart")
         await close_all(retired, wait=True)
 
-    def sessions(self) -> list[SessionProvider] | None:
-        """The current team sessions (None until started)."""
-        return self.view.sessions.teams() if self.started else None
-
     def teams(self) -> Rows | None:
         """Every team's (ready, status), passthrough teams too (None until started)."""
         return team_rows(self.view.config, self.view.sessions, self.pins) if self.started else None

@@ -52,8 +52,9 @@ def serve_listen_problem(exc: OSError, config: Config) -> str:
 
 async def check_looker(looker: LookerConfig) -> bool:
     """Whether Looker's host takes a connection (and a TLS handshake, for https), once, at
-    start; logs ``looker_unreachable`` with what to check when it does not. Sends no request
-    (Looker sees nothing); the proxy serves either way (calls get 503 until Looker answers)."""
+    start: logs ``looker_reachable``, or ``looker_unreachable`` with what to check. Sends no
+    request (Looker sees nothing); the proxy serves either way (calls get 503 until Looker
+    answers)."""
     url = urlsplit(looker.base_url)
     tls = url.scheme == "https"
     host, port = url.hostname or "", url.port or (443 if tls else 80)
@@ -87,6 +88,7 @@ async def check_looker(looker: LookerConfig) -> bool:
             "running and reachable from here; calls get 503 until it answers",
         )
         return False
+    log.info("looker_reachable", looker=looker.base_url)
     return True
 
 
