@@ -113,13 +113,17 @@ def clip(text: str, limit: int = _MAX_CELL) -> str:
 
 
 NO_SESSION: Final = (
-    "workspace-proxy could not obtain a Looker session pinned to the team's workspace: "
+    "workspace-proxy could not obtain a Looker session pinned to the team's workspace: ",
+    "workspace-proxy cannot pin a Looker session to the team's workspace: ",
 )
+"""The proxy's fixed 503 preambles: an outage, a configuration error."""
 
 
 def short(message: str) -> str:
     """A message without the proxy's fixed 503 preamble."""
-    return message.removeprefix(NO_SESSION)
+    for preamble in NO_SESSION:
+        message = message.removeprefix(preamble)
+    return message
 
 
 def answer_of(body: bytes) -> str:

@@ -257,7 +257,7 @@ def test_demo_config_matches_make_demo(example_env: dict[str, str]) -> None:
     ]:
         t = config.teams[name]
         assert t.workspace == workspace
-        assert t.looker_client_id.reveal() == example_env[f"{prefix}_LOOKER_CLIENT_ID"]
+        assert t.looker_client_id.reveal() == f"{name}-client-id"  # the emulator's user
         assert t.looker_client_secret.reveal() == example_env[f"{prefix}_LOOKER_CLIENT_SECRET"]
         assert [c.client_id for c in t.callers] == [f"{name}-caller"]
         assert t.callers[0].client_secret.reveal() == example_env[f"{prefix}_CALLER_SECRET"]
@@ -342,7 +342,8 @@ def test_every_problem_is_reported_in_one_error() -> None:
         "teams.analytics.workspace: must be one of dev, production",
         "teams.analytics.callers[0].client_secret: must be {env: VARIABLE} or "
         "{file: /path/to/secret}",
-        "teams.finance.looker_client_secret: environment variable MISSING_SECRET is not set",
+        "teams.finance.looker_client_secret: environment variable MISSING_SECRET is not set: "
+        "export it, then start",
         "teams.finance.colour: unknown key (allowed: allow_branch_switch, allow_sudo, callers, "
         "git_branch, "
         "looker_client_id, looker_client_ids, looker_client_secret, max_concurrency, mode, "
@@ -555,8 +556,8 @@ def test_missing_env_var_names_it_and_shows_no_secret() -> None:
         parse_config(raw, env=env)
     text = str(info.value) + repr(info.value) + "\n".join(info.value.problems)
     assert (
-        "teams.finance.looker_client_secret: environment variable B_LOOKER_SECRET is not set"
-        in (info.value.problems)
+        "teams.finance.looker_client_secret: environment variable B_LOOKER_SECRET is not set: "
+        "export it, then start" in (info.value.problems)
     )
     assert "environment variable NOT_SET_ANYWHERE is not set" in text
     for value in env.values():
@@ -587,10 +588,20 @@ def test_secret_file_is_read_and_stripped(tmp_path: Path) -> None:
 
 
 def test_missing_secret_file_is_reported(tmp_path: Path) -> None:
-    """A secret file that does not exist is named, with the kind of error."""
+    """A secret file that does not exist is named, with what to do."""
     missing = tmp_path / "nope"
     assert file_secret_problems(missing) == [
-        f"teams.finance.looker_client_secret: cannot read secret file {missing}: FileNotFoundError"
+        f"teams.finance.looker_client_secret: secret file {missing} does not exist: create it"
+    ]
+
+
+def test_missing_relative_secret_file_names_the_directory_it_is_read_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative secret file path is read from the working directory, which is named."""
+    monkeypatch.chdir(tmp_path)
+    assert problems_of(with_change("token_signing_key", {"file": "secrets/key"})) == [
+        f"token_signing_key: secret file secrets/key does not exist (in {tmp_path}): create it"
     ]
 
 

@@ -6,7 +6,7 @@ import asyncio
 import json
 import resource
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -1150,6 +1150,44 @@ async def test_patch_session_failures(
     assert looker.session_patches == 2
 
 
+async def test_a_user_who_may_not_develop_cannot_enter_dev(
+    http: aiohttp.ClientSession, make_looker: MakeLooker
+) -> None:
+    """A user with can_develop false: PATCH /session to dev is a 422 ValidationError naming
+    the permission; production stays open to it."""
+    users = [replace(u, can_develop=False) if u.id == "2" else u for u in DEFAULT_USERS]
+    looker = await make_looker(users=users)
+    token = await login(http, looker)
+    reply = await set_workspace(http, looker, token, "dev")
+    assert reply.status == 422
+    assert "may not use the dev workspace (no develop permission)" in str(reply.body)
+    assert (await set_workspace(http, looker, token, "production")).status == 200
+    assert looker.workspace_of(token) == "production"
+
+
+async def test_get_faults_shows_the_knobs(
+    http: aiohttp.ClientSession, looker: LookerEmulator
+) -> None:
+    """GET /_emulator/faults: every settable knob and its value, as POST changed it."""
+    before = await call(http, looker, "GET", "/_emulator/faults")
+    assert before.body == {
+        "login_failures": 0,
+        "login_failure_status": 500,
+        "login_retry_after": None,
+        "login_timeout": False,
+        "patch_session_failures": 0,
+        "patch_session_status": 500,
+        "patch_session_wrong_workspace": None,
+        "latency_s": 0.0,
+        "reset_after_bytes": None,
+        "token_ttl_override": None,
+    }
+    await call(http, looker, "POST", "/_emulator/faults", json={"login_failures": 2})
+    after = await call(http, looker, "GET", "/_emulator/faults")
+    assert after.body == {**before.body, "login_failures": 2}
+    assert looker.audit == [], "admin endpoints are not audited"
+
+
 async def test_patch_session_wrong_workspace(
     http: aiohttp.ClientSession, looker: LookerEmulator
 ) -> None:
@@ -1316,10 +1354,15 @@ async def test_from_users_file(http: aiohttp.ClientSession, tmp_path: Path) -> N
         "- {id: '8', client_id: boss-id, client_secret: boss-secret, display_name: Boss,"
         " is_admin: true}\n"
     )
+    path.write_text(
+        path.read_text() + "- {id: 9, client_id: v-id, client_secret: v-secret, display_name: V,"
+        " can_develop: false}\n"
+    )
     looker = LookerEmulator.from_users_file(str(path), token_ttl=99)
     assert looker.users == (
         ApiUser("7", "ops-id", "ops-secret", "Ops Team"),
         ApiUser("8", "boss-id", "boss-secret", "Boss", is_admin=True),
+        ApiUser("9", "v-id", "v-secret", "V", can_develop=False),
     )
     assert looker.token_ttl == 99
     assert looker.authenticate_client("ops-id", "ops-secret") == looker.users[0]
@@ -1340,6 +1383,10 @@ async def test_from_users_file(http: aiohttp.ClientSession, tmp_path: Path) -> N
         (
             "- {id: '1', client_id: a, client_secret: b, display_name: A, is_admin: yes please}\n",
             "is_admin",
+        ),
+        (
+            "- {id: '1', client_id: a, client_secret: b, display_name: A, can_develop: 1}\n",
+            "'can_develop' must be true or false",
         ),
         (
             "- {id: '1', client_id: a, client_secret: b, display_name: A}\n"

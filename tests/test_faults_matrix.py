@@ -29,6 +29,7 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 from reliability import audit_summary, install, record, serve_proxy, short
 
 from workspace_proxy.emulator import AuditEntry, LookerEmulator
+from workspace_proxy.fixes import PERMANENT_FIRST_S
 
 pytestmark = pytest.mark.timeout(60)
 MakeLooker = Callable[..., Awaitable[LookerEmulator]]
@@ -379,7 +380,13 @@ async def test_patch_session_failing(stack: Stack, fault: str) -> None:
         afterwards=f"recovered: {after.status}; "
         + f"{len([e for e in forwarded(looker) if e not in verify])} caller calls, all pinned",
     )
-    assert {(s.status, s.retry_after) for s in first + second} == {(503, "1")}
+    # A 422 is a configuration error (the user may not use the workspace): the next attempt
+    # is fixes.PERMANENT_FIRST_S away, and the 503 says what to fix.
+    want = str(round(PERMANENT_FIRST_S)) if fault == "422" else "1"
+    assert {(s.status, s.retry_after) for s in first + second} == {(503, want)}
+    if fault == "422":
+        assert "This is a configuration error" in first[0].message
+        assert "develop permission" in first[0].message
     expected = {
         "500": "Looker answered PATCH /session with HTTP 500",
         "422": "Looker answered PATCH /session with HTTP 422",

@@ -420,14 +420,16 @@ async def test_bad_credentials_of_one_team_do_not_affect_another(
     record(
         "isolation",
         "analytics' Looker credentials wrong (burst of 20)",
-        "analytics 503 + Retry-After, one login attempt; finance served",
+        "analytics 503 saying what to fix, Retry-After 30, one login attempt; finance served",
         status=", ".join(sorted({f"{s}, Retry-After: {ra}" for s, ra, _ in burst})),
         answer=short(str(burst[0][2].get("message", ""))),
         looker=f"analytics login attempts: {attempts}; {audit_summary(forwarded(looker))}",
         afterwards=f"finance: {finance[0]}",
     )
-    assert {(s, ra) for s, ra, _ in burst} == {(503, "1")}
+    # Refused credentials are a configuration error: the next attempt is 30 s away.
+    assert {(s, ra) for s, ra, _ in burst} == {(503, "30")}
     assert "HTTP 404" in burst[0][2]["message"]
+    assert "looker_client_secret" in burst[0][2]["message"]
     assert attempts == 1
     assert finance[0] == 200
     assert users_in(looker) == [(UID[B], "production")]

@@ -341,3 +341,35 @@ async def test_a_killed_supervisors_runtime_dir_is_removed_by_the_next_start(
                 await proc.kill()
     assert not live_dir.exists()
     assert not next_dir.exists()
+
+
+async def test_a_configuration_error_reaches_callers_of_every_worker_with_its_fix(
+    looker: LookerEmulator, tmp_path: Path
+) -> None:
+    """The supervisor's session broker passes a configuration error on as it is: each worker
+    answers the 503 with what to fix and the long Retry-After, and /readyz says failing."""
+    raw = raw_config(looker.base_url, teams=("analytics",), shutdown={"drain_s": 0, "grace_s": 5})
+    wrong = tmp_path / "wrong-secret"
+    wrong.write_text("not-the-analytics-secret\n")
+    raw["teams"]["analytics"]["looker_client_secret"] = {"file": str(wrong)}
+    proc = await ProxyProcess.start(raw, tmp_path, "--workers", "2")
+    try:
+        await proc.wait_for_event("listening", count=2)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            token = await _login(http, proc.url, "analytics")
+            answers = []
+            for _ in range(6):  # new connections: both workers answer, by the kernel's choice
+                headers = {"Authorization": f"token {token}"}
+                async with http.get(f"{proc.url}/api/4.0/user", headers=headers) as resp:
+                    answers.append((resp.status, resp.headers["Retry-After"], await resp.json()))
+            async with http.get(f"{proc.admin_url}/readyz") as resp:
+                team = (await resp.json())["teams"]["analytics"]
+        assert await proc.stop() == 0
+    finally:
+        await proc.kill()
+    assert {(status, int(after) > 20) for status, after, _ in answers} == {(503, True)}
+    for _, _, body in answers:
+        assert "This is a configuration error" in body["message"]
+        assert "teams.analytics.looker_client_secret" in body["message"]
+    assert looker.login_attempts == 1, "one attempt for the instance, not one per call"
+    assert (team["state"], team["ready"]) == ("failing", False)

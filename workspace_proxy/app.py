@@ -18,6 +18,7 @@ import structlog
 from aiohttp import web
 
 from workspace_proxy.auth import CallerAuth
+from workspace_proxy.callerpins import CallerPins
 from workspace_proxy.config import Config, TeamConfig
 from workspace_proxy.decide import Caller, Looker, Managed, Policy, SessionKey
 from workspace_proxy.firstsight import Check, Recheck, looker_check
@@ -27,6 +28,7 @@ from workspace_proxy.passthrough import CallerSession, Passthrough
 from workspace_proxy.revocations import Revocations
 from workspace_proxy.sealed import Sealer
 from workspace_proxy.sharing import WorkerLink
+from workspace_proxy.status import Status, readiness
 from workspace_proxy.tokens import (
     Clock,
     ProviderFactory,
@@ -108,6 +110,8 @@ class Proxy:
     across reloads, shared with the other workers of an instance (``sharing``)."""
     draining: list[bool] = field(default_factory=lambda: [False])
     in_flight: dict[str, int] = field(default_factory=dict)
+    pins: CallerPins = field(init=False)
+    """How passthrough callers' pins go, per team (kept across reloads for unchanged teams)."""
     view: View = field(init=False)
     pool: Pool = field(init=False)
     http: aiohttp.ClientSession = field(init=False)
@@ -118,6 +122,7 @@ class Proxy:
             # Every logout of the instance is known here before the first caller is served.
             await self.link.start(self.revocations)
         self.http = upstream_session(self.config)
+        self.pins = CallerPins(clock=self.clock)
         factory = self.providers(self.http, self.config, self.clock, self.sleep, self.metrics)
         self.view = self._view(self.config, TokenManager(self.config.managed_teams, factory))
         self.pool = Pool(self.view.backend, lambda: self.view.pool_size)
@@ -150,6 +155,7 @@ class Proxy:
         auth = CallerAuth(config, revocations=self.revocations)
         client = LookerClient(self.http, config.looker)
         passthrough = None
+        self.pins.configure(config.teams)
         if any(t.passthrough for t in config.teams.values()):
             passthrough = Passthrough(
                 config,
@@ -157,6 +163,7 @@ class Proxy:
                 sealer=Sealer(config.token_signing_key),
                 revocations=self.revocations,
                 raw=Recheck(self._raw_check(config, client), clock=self.clock),
+                pins=self.pins,
                 clock=self.clock,
             )
         return View(
@@ -175,7 +182,7 @@ class Proxy:
     def _raw_check(self, config: Config, client: LookerClient) -> Check:
         """Raw passthrough tokens are verified by the supervisor (``--workers``) or here."""
         link = self.link
-        return link.check(config) if link is not None else looker_check(config, client)
+        return link.check(config) if link is not None else looker_check(config, client, self.pins)
 
     async def reload(self, config: Config) -> None:
         """Swap to a new, already validated config in one step.
@@ -208,9 +215,25 @@ class Proxy:
             log.warning("listen_change_needs_restart")
         await close_all(retired, wait=True)
 
-    def sessions(self) -> list[SessionProvider] | None:
-        """The current team sessions (None until started)."""
-        return self.view.sessions.teams() if self.started else None
+    def teams(self) -> Rows | None:
+        """Every team's (ready, status), passthrough teams too (None until started)."""
+        return team_rows(self.view.config, self.view.sessions, self.pins) if self.started else None
+
+
+Rows = dict[str, tuple[bool, Status]]
+
+
+def team_rows(config: Config, sessions: TokenManager, pins: CallerPins) -> Rows:
+    """(ready, status) of every team of ``config``, in its order: managed teams from their
+    pinned sessions, passthrough teams from how their callers' pins go."""
+    rows: Rows = {}
+    for name, team in config.teams.items():
+        provider = sessions.get(name)
+        if team.passthrough or provider is None:
+            rows[name] = pins.status(team)
+        else:
+            rows[name] = (provider.healthy, provider.status())
+    return rows
 
 
 def create_app(
@@ -244,11 +267,12 @@ async def reload(app: Proxy, config: Config) -> None:
 
 def create_admin_app(
     *,
-    sessions: Callable[[], list[SessionProvider] | None],
+    teams: Callable[[], Rows | None],
     draining: list[bool],
     metrics: Metrics,
 ) -> web.Application:
-    """Liveness, readiness (cached state only, never calls Looker) and Prometheus metrics."""
+    """Liveness, readiness (cached state only, never calls Looker) and Prometheus metrics.
+    ``teams`` gives every team's (ready, status), None while starting."""
 
     async def live(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -256,18 +280,15 @@ def create_admin_app(
     async def ready(_: web.Request) -> web.Response:
         if draining[0]:
             return web.json_response({"status": "draining"}, status=503)
-        teams = sessions()
-        if teams is None:
+        rows = teams()
+        if rows is None:
             return web.json_response({"status": "starting"}, status=503)
-        health = {t.team.name: {"ready": t.healthy, **t.status().as_json()} for t in teams}
-        ok = all(h["ready"] for h in health.values())
-        return web.json_response(
-            {"status": "ok" if ok else "degraded", "teams": health}, status=200 if ok else 503
-        )
+        status, body = readiness(rows)
+        return web.json_response(body, status=status)
 
     async def render(_: web.Request) -> web.Response:
-        for team in sessions() or ():
-            metrics.team_status(team.team.name, team.status())
+        for name, (_ready, status) in (teams() or {}).items():
+            metrics.team_status(name, status)
         return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     admin = web.Application()

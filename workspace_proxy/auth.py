@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from workspace_proxy.config import Caller, Config, Secret, TeamConfig
-from workspace_proxy.errors import NotFound, Unauthenticated
+from workspace_proxy.errors import LoginRefused, Unauthenticated
 from workspace_proxy.revocations import Revocations
 
 PREFIX: Final = "wp1"
@@ -102,13 +102,20 @@ class CallerAuth:
         self._verified: dict[str, Principal] = {}
 
     def login(self, client_id: str | None, client_secret: str | None) -> IssuedToken:
-        """Check caller credentials in constant time; 404 like Looker when wrong."""
+        """Check caller credentials in constant time; 404 like Looker when wrong (its ``kind``
+        says why, for the log)."""
         team_name, caller = self._callers.get(client_id or "", ("", None))
         expected = caller.client_secret if caller else self._dummy
         ok = hmac.compare_digest(expected.reveal().encode(), (client_secret or "").encode())
-        if caller is None or not ok:
-            raise NotFound()
+        if caller is None:
+            raise LoginRefused("unknown_caller" if client_id else "no_credentials")
+        if not ok:
+            raise LoginRefused("wrong_secret")
         return self.issue(team_name, caller.client_id)
+
+    def team_of(self, client_id: str | None) -> str | None:
+        """The team of a caller id (None: no caller of ours)."""
+        return self._callers.get(client_id or "", (None, None))[0]
 
     def issue(
         self, team: str, caller: str, *, sudo: str | None = None, ttl: int | None = None

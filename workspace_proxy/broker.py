@@ -54,10 +54,7 @@ def create_broker_app(manager: Manager, *, clock: Clock = time.monotonic) -> web
             else:
                 pinned = await provider.get()
         except SessionUnavailable as exc:
-            return web.json_response(
-                {"kind": exc.kind, "reason": exc.reason, "retry_after": exc.retry_after},
-                status=503,
-            )
+            return web.json_response(unavailable_json(exc), status=503)
         now = clock()
         return web.json_response(
             {
@@ -73,6 +70,22 @@ def create_broker_app(manager: Manager, *, clock: Clock = time.monotonic) -> web
     app = web.Application()
     app.router.add_post("/teams/{team}/session", session)
     return app
+
+
+def unavailable_json(exc: SessionUnavailable) -> dict[str, object]:
+    """A SessionUnavailable as the broker and the hub send it to workers (``unavailable``)."""
+    return {"kind": exc.kind, "reason": exc.reason, "retry_after": exc.retry_after, "fix": exc.fix}
+
+
+def unavailable(body: dict[str, Any], default_kind: str) -> SessionUnavailable:
+    """The SessionUnavailable a worker raises for the broker's or the hub's 503."""
+    fix = body.get("fix")
+    return SessionUnavailable(
+        str(body.get("reason", "unavailable")),
+        retry_after=float(body.get("retry_after", 1.0)),
+        kind=str(body.get("kind", default_kind)),
+        fix=fix if isinstance(fix, str) else None,
+    )
 
 
 class RemoteTeamSession:
@@ -105,6 +118,7 @@ class RemoteTeamSession:
         now = self._clock()
         usable = s is not None and now < s.usable_until
         state = State.OK if usable else State.BACKING_OFF if self._failed else State.IDLE
+        branch = self._team.git_branch
         return Status(
             state=state,
             workspace=self._team.workspace,
@@ -113,6 +127,8 @@ class RemoteTeamSession:
             next_attempt_in_s=None,
             last_error=None,
             attempts=0,
+            branch=f"{branch.project}/{branch.name}" if branch else None,
+            verified=s.workspace if s is not None and usable else None,
         )
 
     def ready(self) -> PinnedSession | None:
@@ -202,11 +218,7 @@ class BrokerClient:
                 "the supervisor's session broker did not answer", retry_after=1.0, kind="broker"
             ) from None
         if resp.status != 200:
-            raise SessionUnavailable(
-                str(body.get("reason", "unavailable")),
-                retry_after=float(body.get("retry_after", 1.0)),
-                kind=str(body.get("kind", "broker")),
-            )
+            raise unavailable(body, "broker")
         return dict(body)
 
     async def close(self, _: web.Application | None = None) -> None:

@@ -24,6 +24,12 @@ from aiohttp import web
 from workspace_proxy import __version__
 from workspace_proxy.config import LOG_LEVELS, Config, load_config, summary
 from workspace_proxy.errors import ConfigError
+from workspace_proxy.preflight import (
+    check_looker,
+    listen_problem,
+    reload_hint,
+    serve_listen_problem,
+)
 
 if TYPE_CHECKING:
     from workspace_proxy.app import Proxy
@@ -46,6 +52,26 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
+
+
+_USERS_FORMAT = "(the --users format)"
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, epilogs kept as written; the emulator's --users format is imported only
+    when its help is shown (the emulator package is not loaded by other commands)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help  # "(default: None)" says nothing
+        return super()._get_help_string(action)
+
+    def add_text(self, text: str | None) -> None:
+        if text == _USERS_FORMAT:
+            from workspace_proxy.emulator.standalone import USERS_FORMAT
+
+            text = USERS_FORMAT
+        super().add_text(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,12 +101,30 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the JSON Schema of the config file (for editors)")
 
-    emu = sub.add_parser("emulator", help="run the bundled Looker emulator")
-    emu.add_argument("--host", default="127.0.0.1")
-    emu.add_argument("--port", type=int, default=19999)
-    emu.add_argument("--users", help="YAML list of API users (default: built-in users)")
+    status = sub.add_parser(
+        "status",
+        help="print each team's session as a table (from the admin listener's /readyz)",
+        formatter_class=_Help,
+    )
+    status.add_argument("-c", "--config", help="read the admin listener's address from this file")
+    status.add_argument("--admin", help="the admin listener's URL (default: http://127.0.0.1:9090)")
+
+    emu = sub.add_parser(
+        "emulator",
+        help="run the bundled Looker emulator (a fake Looker to try the proxy on)",
+        description="A fake Looker: per-token workspaces, per-user dev branches, an audit of\n"
+        "every call and scripted faults. Once it listens it prints its address, its API\n"
+        "users and its admin endpoints.",
+        epilog=_USERS_FORMAT,
+        formatter_class=_Help,
+    )
+    emu.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    emu.add_argument("--port", type=int, default=19999, help="port to listen on (0: a free one)")
+    emu.add_argument("--users", metavar="FILE", help="YAML list of API users (format below)")
     emu.add_argument("--token-ttl", type=int, default=3600, help="token lifetime in seconds")
-    emu.add_argument("--log-level", choices=LOG_LEVELS, default="info")
+    emu.add_argument(
+        "--log-level", choices=LOG_LEVELS, default="info", help="least severe log level"
+    )
 
     sub.add_parser("demo", help="emulator + proxy + stock looker-sdk, end to end")
     return parser
@@ -95,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _schema()
         if args.command == "emulator":
             return _emulator(args)
+        if args.command == "status":
+            return _status(args)
         if args.command == "demo":
             from workspace_proxy.demo import run_demo
 
@@ -112,8 +158,8 @@ def _check_config(path: str) -> int:
         config = load_config(path)
     except ConfigError as exc:
         count = len(exc.problems)
-        plural = "problem" if count == 1 else "problems"
-        print(f"config {path}: INVALID ({count} {plural})", file=sys.stderr)
+        plural = "" if count == 1 else "s"
+        print(f"config {path}: INVALID ({count} problem{plural})", file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
@@ -131,6 +177,7 @@ def _schema() -> int:
 def _emulator(args: argparse.Namespace) -> int:
     from workspace_proxy import log
     from workspace_proxy.emulator import LookerEmulator
+    from workspace_proxy.emulator.standalone import banner, serve
 
     log.configure(args.log_level)
     try:
@@ -142,7 +189,36 @@ def _emulator(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"emulator: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    web.run_app(emu.app, host=args.host, port=args.port, print=None, access_log=None)
+    try:
+        asyncio.run(serve(emu, args.host, args.port, listening=lambda url: _say(banner(emu, url))))
+    except OSError as exc:
+        print(f"emulator: {listen_problem(args.host, args.port, exc, '--port')}", file=sys.stderr)
+        return EXIT_CONFIG
+    return EXIT_OK
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from workspace_proxy.status import Unreachable, admin_url, fetch, table
+
+    try:
+        url = admin_url(args.admin, args.config)
+    except ValueError as exc:
+        print(f"status: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        body = fetch(f"{url}/readyz")
+    except Unreachable as exc:
+        print(
+            f"status: no answer from the admin listener at {url} ({exc}): is the proxy "
+            "running, and is that its admin address (admin.host/admin.port, or --admin)?",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    print(table(body, url))
     return EXIT_OK
 
 
@@ -183,16 +259,21 @@ def _serve(args: argparse.Namespace) -> int:
             remove_stale()  # front directories of killed single-process instances
         run(serve(config, config_path=args.config, broker=args.broker, supervisor=os.getppid()))
     except OSError as exc:
-        structlog.get_logger("workspace_proxy").error("cannot_listen", error=str(exc))
+        structlog.get_logger("workspace_proxy").error(
+            "cannot_listen", error=str(exc), hint=serve_listen_problem(exc, config)
+        )
         return EXIT_FAILURE
     return EXIT_OK
 
 
 def _supervise(config: Config, config_path: str, workers: int) -> int:
+    from workspace_proxy.runtime import supervisor_runtime_dir
+
+    runtime = supervisor_runtime_dir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(runtime, "metrics")
+    # Only now: the supervisor's own metrics (its sessions') must be multiprocess values too.
     from workspace_proxy import supervisor
 
-    runtime = supervisor.make_runtime_dir()
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(runtime, "metrics")
     return supervisor.run(config, config_path=config_path, workers=workers, runtime=runtime)
 
 
@@ -207,13 +288,18 @@ async def _reload_on_hangup(app: Proxy, path: str, hangup: asyncio.Event) -> Non
         try:
             new = load_config(path)
         except ConfigError as exc:
-            logger.error("config_reload_rejected", path=path, problems=exc.problems)
+            hint = reload_hint(exc.problems)
+            logger.error("config_reload_rejected", path=path, problems=exc.problems, hint=hint)
             continue
         current = app.view.config
         new = new.keeping_listeners(current)
         if new.log_level != current.log_level:
             log.set_level(new.log_level)
         await app.reload(new)
+
+
+async def _check_looker(config: Config) -> None:
+    await check_looker(config.looker)  # (logs what to do when Looker cannot be reached)
 
 
 def _term_when_supervisor_dies(supervisor: int) -> None:
@@ -250,7 +336,7 @@ async def serve(
     link = WorkerLink(broker, timeout_s=config.looker.retry.deadline_s + 5) if broker else None
     app = create_app(config, providers=client or local_providers, link=link)
     admin = web.AppRunner(
-        create_admin_app(sessions=app.sessions, draining=app.draining, metrics=app.metrics),
+        create_admin_app(teams=app.teams, draining=app.draining, metrics=app.metrics),
         access_log=None,
     )
     await app.start()
@@ -288,6 +374,8 @@ async def serve(
             teams={t.name: t.workspace for t in config.teams.values()},
             looker=config.looker.base_url,
         )
+        if client is None:  # (a worker leaves this to its supervisor)
+            tasks.append(loop.create_task(_check_looker(config)))
         # Everything loaded so far lives until exit: keep it out of the collector's scans.
         gc.freeze()
         await stop.wait()

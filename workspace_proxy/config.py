@@ -572,11 +572,15 @@ def _secret(
     if kind == "env":
         value = env.get(ref)
         if value is None:
-            problems.add(path, f"environment variable {ref} is not set")
+            problems.add(path, f"environment variable {ref} is not set: export it, then start")
             return None
     else:
         try:
             value = Path(ref).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            where = "" if Path(ref).is_absolute() else f" (in {Path.cwd()})"
+            problems.add(path, f"secret file {ref} does not exist{where}: create it")
+            return None
         except (OSError, UnicodeDecodeError, ValueError) as exc:
             problems.add(path, f"cannot read secret file {ref}: {exc.__class__.__name__}")
             return None

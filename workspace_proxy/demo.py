@@ -28,9 +28,7 @@ from typing import IO, Any
 import yaml
 
 DEMO_ENV = {
-    "ANALYTICS_LOOKER_CLIENT_ID": "analytics-client-id",
     "ANALYTICS_LOOKER_CLIENT_SECRET": "analytics-client-secret",
-    "FINANCE_LOOKER_CLIENT_ID": "finance-client-id",
     "FINANCE_LOOKER_CLIENT_SECRET": "finance-client-secret",
     "ANALYTICS_CALLER_SECRET": "analytics-caller-demo-secret",
     "FINANCE_CALLER_SECRET": "finance-caller-demo-secret",
@@ -141,11 +139,7 @@ def run_demo() -> int:
         print("  team 'analytics' is pinned to dev; the client is the stock looker_sdk.\n")
 
         print("1. Straight to Looker, the way tools do it today:")
-        sdk = _sdk(
-            emulator,
-            DEMO_ENV["ANALYTICS_LOOKER_CLIENT_ID"],
-            DEMO_ENV["ANALYTICS_LOOKER_CLIENT_SECRET"],
-        )
+        sdk = _sdk(emulator, "analytics-client-id", DEMO_ENV["ANALYTICS_LOOKER_CLIENT_SECRET"])
         sdk.update_session(models40.WriteApiSession(workspace_id="dev"))
         print(f"   after update_session(dev): workspace = {sdk.session().workspace_id}")
         sdk.auth.logout()

@@ -5,6 +5,7 @@ Hierarchy::
     ConfigError                 the YAML config is invalid; carries every problem found
     ProxyError                  an answer the caller gets, Looker-shaped (status + public message)
     ├── NotFound                404: unknown route, bad login credentials
+    │   └── LoginRefused        404 to a login, and why (for the log)
     ├── Unauthenticated         401: missing, invalid or expired proxy token
     ├── Forbidden               403: a call that would break the workspace pin
     ├── BadRequest              400 / 408 / 413 / 414 / 431 / 505: malformed or stalled request
@@ -109,16 +110,47 @@ class SessionUnavailable(ProxyError):
     status = 503
     public_message = "No Looker session pinned to the team's workspace is available."
 
-    def __init__(self, reason: str, *, retry_after: float, kind: str = "unavailable") -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        retry_after: float,
+        kind: str = "unavailable",
+        fix: str | None = None,
+    ) -> None:
         self.reason = reason
         self.kind = kind
         self.retry_after = retry_after
+        self.fix = fix
+        """What to change: set when the failure is a configuration error (``fixes``)."""
         seconds = max(1, round(retry_after))
-        super().__init__(
-            f"workspace-proxy could not obtain a Looker session pinned to the team's "
-            f"workspace: {reason}. Nothing was forwarded; retry later.",
-            headers={"Retry-After": str(seconds)},
-        )
+        if fix is None:
+            message = (
+                f"workspace-proxy could not obtain a Looker session pinned to the team's "
+                f"workspace: {reason}. Nothing was forwarded; retry later."
+            )
+        else:
+            message = (
+                f"workspace-proxy cannot pin a Looker session to the team's workspace: "
+                f"{reason}. This is a configuration error, not an outage: {fix}. Nothing was "
+                f"forwarded; the proxy tries again in {seconds} s."
+            )
+        super().__init__(message, headers={"Retry-After": str(seconds)})
+
+    @property
+    def permanent(self) -> bool:
+        """A configuration error: attempting again soon would fail the same way."""
+        return self.fix is not None
+
+
+class LoginRefused(NotFound):
+    """A caller's login refused with Looker's own answer to wrong credentials (404); ``kind``
+    says why, for the log only: ``unknown_caller``, ``wrong_secret``, ``no_credentials`` or
+    ``looker_refused`` (a passthrough login Looker refused)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
 
 
 class LoginFailed(SessionUnavailable):

@@ -182,7 +182,7 @@ class Exchange:
             self.outcome.team = result[1]
             self._local_done(result[0])
 
-        self.run(login(self.view, fields), logged_in)
+        self.run(login(self.view, fields, self.req.rid), logged_in)
 
     def _local_done(self, answer: tuple[int, bytes | None]) -> None:
         local = self.local

@@ -21,6 +21,7 @@ from typing import Final
 
 import structlog
 
+from workspace_proxy.callerpins import CallerPins
 from workspace_proxy.config import Config, Secret, TeamConfig
 from workspace_proxy.errors import Forbidden, Unauthenticated
 from workspace_proxy.flight import SingleFlight
@@ -32,6 +33,7 @@ REVERIFY_S: Final = 30.0
 """How long a raw Looker token's verified pin is trusted before GET /session is read again: the
 longest a session moved at Looker behind the proxy's back can serve calls through the proxy."""
 _CACHE_MAX: Final = 10_000
+NO_TEAM: Final = "workspace-proxy: this Looker user is not configured for any passthrough team."
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,14 +97,16 @@ class Recheck:
         return verified
 
 
-def looker_check(config: Config, client: LookerClient) -> Check:
-    """Verification against Looker, by this process (one process, or the supervisor)."""
+def looker_check(config: Config, client: LookerClient, pins: CallerPins) -> Check:
+    """Verification against Looker, by this process (one process, or the supervisor); the
+    pins' outcomes are kept in ``pins``."""
 
     async def check(token: Secret, team: TeamConfig | None) -> Verified:
         session = fingerprint(token)
         if team is None or config.teams.get(team.name) != team:
-            team = await _identify(config, client, token)
-            await pin(client, token, team)
+            team, client_id = await _identify(config, client, token)
+            pinned = team
+            await pins.attempt(team, client_id, lambda: pin(client, token, pinned))
             log.info("passthrough_pinned_on_first_sight", team=team.name, session=session)
             return Verified(team, REVERIFY_S)
         project = team.git_branch.project if team.git_branch else None
@@ -116,7 +120,8 @@ def looker_check(config: Config, client: LookerClient) -> Check:
                 observed=workspace,
                 observed_branch=branch,
             )
-            await pin(client, token, team)
+            drifted = team
+            await pins.attempt(team, session, lambda: pin(client, token, drifted))
         return Verified(team, REVERIFY_S)
 
     return check
@@ -129,14 +134,13 @@ async def pin(client: LookerClient, token: Secret, team: TeamConfig) -> None:
         await client.checkout(token, team.git_branch.project, team.git_branch.name)
 
 
-async def _identify(config: Config, client: LookerClient, token: Secret) -> TeamConfig:
+async def _identify(config: Config, client: LookerClient, token: Secret) -> tuple[TeamConfig, str]:
+    """The passthrough team of the user behind a token, and the client id that names it."""
     client_ids = await client.identify(token)
-    team = next(
-        (t for cid in client_ids if (t := config.passthrough_team(cid)) is not None),
+    found = next(
+        ((t, cid) for cid in client_ids if (t := config.passthrough_team(cid)) is not None),
         None,
     )
-    if team is None:
-        raise Forbidden(
-            "workspace-proxy: this Looker user is not configured for any passthrough team."
-        )
-    return team
+    if found is None:
+        raise Forbidden(NO_TEAM)
+    return found

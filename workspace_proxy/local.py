@@ -9,13 +9,16 @@ import json
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
+import structlog
+
 from workspace_proxy.auth import IssuedToken
 from workspace_proxy.decide import Act, Caller, Local
-from workspace_proxy.errors import BadRequest
+from workspace_proxy.errors import BadRequest, Forbidden, LoginRefused
 
 if TYPE_CHECKING:
     from workspace_proxy.app import View
 
+log = structlog.get_logger("workspace_proxy.local")
 Answer = tuple[int, bytes | None]
 
 
@@ -42,27 +45,39 @@ def form_of(body: bytes, query: str | None, content_type: bytes | None) -> dict[
     return fields
 
 
-async def login(view: View, fields: dict[str, str]) -> tuple[Answer, str | None]:
+async def login(view: View, fields: dict[str, str], rid: str) -> tuple[Answer, str | None]:
     """The caller's own login, answered like Looker would (and the team it belongs to): a proxy
     token for a proxy caller; for a passthrough team's Looker client id, a sealed proxy token
-    once its Looker session is pinned. Wrong credentials: 404, as Looker answers."""
+    once its Looker session is pinned. Wrong credentials: 404, as Looker answers; with
+    passthrough teams, a Looker user in none of them: 403, as its tokens get. A refusal is
+    logged (``login_refused``) with the caller id and why, never the secret."""
     client_id = fields.get("client_id") or None
     client_secret = fields.get("client_secret") or None
     passthrough = view.passthrough
     team = passthrough.team_for_login(client_id) if passthrough is not None else None
-    if passthrough is not None and team is not None and client_id:
-        issued = await passthrough.login(team, client_id, client_secret or "")
-        return _token(issued), team.name
-    issued = view.auth.login(client_id, client_secret)
-    owner = next(
-        (
-            t.name
-            for t in view.config.teams.values()
-            if any(c.client_id == client_id for c in t.callers)
-        ),
-        None,
-    )
-    return _token(issued), owner
+    owner = team.name if team is not None else view.auth.team_of(client_id)
+    try:
+        if passthrough is not None and team is not None and client_id:
+            issued = await passthrough.login(team, client_id, client_secret or "")
+            return _token(issued), team.name
+        if passthrough is not None and client_id and owner is None:
+            await passthrough.refuse(client_id, client_secret or "")
+        return _token(view.auth.login(client_id, client_secret)), owner
+    except (LoginRefused, Forbidden) as exc:
+        reason = exc.kind if isinstance(exc, LoginRefused) else "looker_user_in_no_team"
+        log.warning(
+            "login_refused", request_id=rid, caller=_shown(client_id), team=owner, reason=reason
+        )
+        raise
+
+
+def _shown(client_id: str | None) -> str | None:
+    """A caller id as logged: printable, at most 64 characters (it is not a secret, but it
+    is the caller's input)."""
+    if client_id is None:
+        return None
+    text = "".join(c if c.isprintable() else "?" for c in client_id[:64])
+    return text + ("..." if len(client_id) > 64 else "")
 
 
 async def act(view: View, local: Local) -> Answer:

@@ -136,7 +136,9 @@ class LookerClient:
             what="sudo login",
             answered=f"sudo to user {user_id!r}",
             error=LoginFailed,
-            kind=lambda status: "sudo_401" if status == 401 else _failure_kind(status),
+            kind=lambda status: (
+                f"sudo_{status}" if status in (400, 401, 403, 404) else _failure_kind(status)
+            ),
             token=token,
         )
         return _access_token(body)

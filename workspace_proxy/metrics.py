@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from workspace_proxy.tokens import State, Status
@@ -174,7 +175,26 @@ class Metrics:
         self.publish()
         directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         if directory:
-            combined = CollectorRegistry()
-            MultiProcessCollector(combined, path=directory)  # type: ignore[no-untyped-call]
+            combined = CollectorRegistry(auto_describe=False)
+            combined.register(_Instance(self.registry, directory))
             return generate_latest(combined)
         return generate_latest(self.registry)
+
+
+class _Instance:
+    """``--workers``: the values of every process (workers and supervisor, from the
+    multiprocess files), and every metric no process has a value for yet, declared without
+    samples as a single process shows it, so both export the same metrics."""
+
+    def __init__(self, registry: CollectorRegistry, directory: str) -> None:
+        self._registry = registry
+        self._files = MultiProcessCollector(None, path=directory)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterator[Metric]:
+        seen = set()
+        for family in self._files.collect():  # type: ignore[no-untyped-call]
+            seen.add(family.name)
+            yield family
+        for family in self._registry.collect():
+            if family.name not in seen:
+                yield Metric(family.name, family.documentation, family.type, family.unit)

@@ -19,13 +19,14 @@ from typing import Final
 import structlog
 
 from workspace_proxy.auth import IssuedToken
+from workspace_proxy.callerpins import CallerPins
 from workspace_proxy.config import Config, Secret, TeamConfig
-from workspace_proxy.errors import LoginFailed, NotFound, Unauthenticated
-from workspace_proxy.firstsight import Recheck, pin
+from workspace_proxy.errors import Forbidden, LoginFailed, LoginRefused, Unauthenticated
+from workspace_proxy.firstsight import NO_TEAM, Recheck, pin
 from workspace_proxy.looker import LookerClient, LookerToken
 from workspace_proxy.revocations import Revocations
 from workspace_proxy.sealed import SealedSession, Sealer, is_sealed
-from workspace_proxy.tokens import Clock, PinnedSession, State, Status, fingerprint
+from workspace_proxy.tokens import Clock, PinnedSession, Status, fingerprint
 
 log = structlog.get_logger("workspace_proxy.passthrough")
 _OPENED_MAX: Final = 10_000
@@ -56,11 +57,14 @@ class Passthrough:
         sealer: Sealer,
         revocations: Revocations,
         raw: Recheck,
+        pins: CallerPins | None = None,
         clock: Clock = time.monotonic,
         wall: Clock = time.time,
     ) -> None:
-        """``raw`` verifies raw Looker tokens (here, or in the supervisor); ``wall`` dates
-        sealed tokens (they outlive this process), ``clock`` everything else."""
+        """``raw`` verifies raw Looker tokens (here, or in the supervisor); ``pins`` keeps how
+        the pins of each team go (``/readyz``); ``wall`` dates sealed tokens (they outlive this
+        process), ``clock`` everything else."""
+        self.pins = pins or CallerPins(clock=clock)
         self._config = config
         self._client = client
         self._sealer = sealer
@@ -77,21 +81,37 @@ class Passthrough:
     async def login(self, team: TeamConfig, client_id: str, client_secret: str) -> IssuedToken:
         """Forward the caller's login, pin the new session, then seal it into a proxy token."""
         started = self._wall()
-        try:
-            login = await self._client.login(Secret(client_id), Secret(client_secret))
-        except LoginFailed as exc:
-            if exc.kind == "rejected":
-                raise NotFound() from None  # Looker's own answer to wrong credentials
-            raise
-        await self._pin_new(login, team)
+        self.pins.check(team, client_id)  # a configuration error stands: no call to Looker
+        login = await self._looker_login(client_id, client_secret)
+        await self.pins.attempt(team, client_id, lambda: self._pin_new(login, team))
         log.info("passthrough_login", team=team.name, session=fingerprint(login.token))
         return self._seal(team, login, started, sudo=None)
+
+    async def refuse(self, client_id: str, client_secret: str) -> None:
+        """A login whose client id is neither a caller's nor a passthrough team's: refused as
+        Looker's answer says, 404 for credentials Looker refuses too, and for a Looker user in
+        no team the 403 its tokens get (the session Looker opened is ended at once)."""
+        try:
+            login = await self._looker_login(client_id, client_secret)
+        except LoginRefused:
+            raise LoginRefused("unknown_caller") from None  # unknown here and at Looker
+        await self._client.logout(login.token)
+        raise Forbidden(NO_TEAM)
+
+    async def _looker_login(self, client_id: str, client_secret: str) -> LookerToken:
+        try:
+            return await self._client.login(Secret(client_id), Secret(client_secret))
+        except LoginFailed as exc:
+            if exc.kind == "rejected":  # Looker's own answer to wrong credentials
+                raise LoginRefused("looker_refused") from None
+            raise
 
     async def sudo(self, caller: Pinned, user_id: str) -> IssuedToken:
         """Forward the caller's sudo login, pin the new session, seal it (acting as user_id)."""
         started = self._wall()
         login = await self._client.login_user(caller.session.token, user_id)
-        await self._pin_new(login, caller.team)
+        team = caller.team
+        await self.pins.attempt(team, f"sudo:{user_id}", lambda: self._pin_new(login, team))
         log.info("passthrough_sudo", team=caller.team.name, session=fingerprint(login.token))
         return self._seal(caller.team, login, started, sudo=user_id)
 
@@ -220,16 +240,7 @@ class CallerSession:
         return True
 
     def status(self) -> Status:
-        s = self._pinned.session
-        return Status(
-            state=State.OK,
-            workspace=s.workspace,
-            session_age_s=None,
-            generation=s.generation,
-            next_attempt_in_s=None,
-            last_error=None,
-            attempts=0,
-        )
+        return self._passthrough.pins.status(self._pinned.team)[1]
 
     def ready(self) -> PinnedSession | None:
         return self._pinned.session

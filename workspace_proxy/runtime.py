@@ -28,6 +28,16 @@ def new_runtime_dir() -> str:
     return tempfile.mkdtemp(prefix=f"workspace-proxy-{os.getpid()}-")
 
 
+def supervisor_runtime_dir() -> str:
+    """The ``--workers`` supervisor's directory, with its ``metrics`` subdirectory; those of
+    killed instances are removed first. Imports nothing of prometheus_client: the caller sets
+    ``PROMETHEUS_MULTIPROC_DIR`` to the ``metrics`` directory before anything imports it."""
+    remove_stale()
+    path = new_runtime_dir()
+    os.makedirs(os.path.join(path, "metrics"))
+    return path
+
+
 def remove_stale(parent: str | None = None) -> list[str]:
     """Remove our directories in ``parent`` (default: the temporary directory) whose owner
     process is dead; returns their paths."""

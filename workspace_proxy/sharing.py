@@ -31,6 +31,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from workspace_proxy.broker import unavailable, unavailable_json
 from workspace_proxy.config import Config, Secret, TeamConfig
 from workspace_proxy.errors import Forbidden, SessionUnavailable, Unauthenticated
 from workspace_proxy.firstsight import Check, Recheck, Verified
@@ -127,8 +128,7 @@ class Hub:
         except (Unauthenticated, Forbidden) as exc:
             return web.json_response({"message": exc.public_message}, status=exc.status)
         except SessionUnavailable as exc:
-            answer = {"kind": exc.kind, "reason": exc.reason, "retry_after": exc.retry_after}
-            return web.json_response(answer, status=503)
+            return web.json_response(unavailable_json(exc), status=503)
         return web.json_response({"team": verified.team.name, "valid_for": verified.valid_for})
 
     async def _close(self, _: web.Application) -> None:
@@ -221,8 +221,4 @@ class WorkerLink:
             raise Unauthenticated()
         if resp.status == 403:
             raise Forbidden(message or None)
-        raise SessionUnavailable(
-            str(answer.get("reason", "the session broker refused")),
-            retry_after=float(answer.get("retry_after", 1.0)),
-            kind=str(answer.get("kind", "broker")),
-        )
+        raise unavailable(answer, "broker")

@@ -23,14 +23,16 @@ import structlog
 from aiohttp import web
 from prometheus_client import multiprocess
 
-from workspace_proxy.app import create_admin_app, local_providers, upstream_session
+from workspace_proxy.app import create_admin_app, local_providers, team_rows, upstream_session
 from workspace_proxy.broker import create_broker_app
+from workspace_proxy.callerpins import CallerPins
 from workspace_proxy.config import Config, load_config
 from workspace_proxy.errors import ConfigError
 from workspace_proxy.firstsight import Recheck, looker_check
 from workspace_proxy.looker import LookerClient
 from workspace_proxy.metrics import Metrics
-from workspace_proxy.runtime import new_runtime_dir, remove_stale, remove_worker_files
+from workspace_proxy.preflight import check_looker, reload_hint
+from workspace_proxy.runtime import remove_worker_files
 from workspace_proxy.sharing import Hub
 from workspace_proxy.tokens import TokenManager, close_all
 
@@ -50,6 +52,8 @@ class Supervisor:
         self.stopping = False
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.manager: TokenManager | None = None
+        self.pins = CallerPins()
+        """Raw passthrough tokens' pins (logins are pinned by the workers, each its own)."""
         self.hub = Hub(self._evict)
 
     def _worker_argv(self) -> list[str]:
@@ -94,9 +98,10 @@ class Supervisor:
 
     def _raw_tokens(self, http: aiohttp.ClientSession, config: Config) -> Recheck | None:
         """Raw passthrough tokens' verification, once for the instance (None: no such team)."""
+        self.pins.configure(config.teams)
         if not any(t.passthrough for t in config.teams.values()):
             return None
-        return Recheck(looker_check(config, LookerClient(http, config.looker)))
+        return Recheck(looker_check(config, LookerClient(http, config.looker), self.pins))
 
     def _signal_workers(self, sig: int) -> None:
         for proc in self.procs.values():
@@ -108,7 +113,8 @@ class Supervisor:
         try:
             new = load_config(self.config_path)
         except ConfigError as exc:
-            log.error("config_reload_rejected", path=self.config_path, problems=exc.problems)
+            problems, hint = exc.problems, reload_hint(exc.problems)
+            log.error("config_reload_rejected", path=self.config_path, problems=problems, hint=hint)
             return
         new = new.keeping_listeners(self.config)
         factory = local_providers(http, new, time.monotonic, asyncio.sleep, self.metrics)
@@ -139,7 +145,7 @@ class Supervisor:
             broker = web.AppRunner(broker_app, access_log=None)
             admin = web.AppRunner(
                 create_admin_app(
-                    sessions=lambda: self._manager().teams(),
+                    teams=lambda: team_rows(self.config, self._manager(), self.pins),
                     draining=self.draining,
                     metrics=self.metrics,
                 ),
@@ -166,6 +172,7 @@ class Supervisor:
                     proxy=f"{self.config.listen.host}:{self.config.listen.port}",
                     admin=f"{self.config.admin.host}:{self.config.admin.port}",
                 )
+                runners.append(asyncio.create_task(self._check_looker()))
                 while not stop.is_set():
                     waiters = [asyncio.ensure_future(e.wait()) for e in (stop, hangup)]
                     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -196,6 +203,10 @@ class Supervisor:
         log.info("stopped", worker_exit_codes=codes)
         return 0 if all(code == 0 for code in codes) else 1
 
+    async def _check_looker(self) -> None:
+        """Once, at start: a Looker that cannot be reached is said at once, with what to do."""
+        await check_looker(self.config.looker)
+
     def _manager(self) -> TokenManager:
         if self.manager is None:
             raise RuntimeError("the supervisor has not started")
@@ -209,12 +220,3 @@ def run(config: Config, *, config_path: str, workers: int, runtime: str) -> int:
         )
     finally:
         shutil.rmtree(runtime, ignore_errors=True)
-
-
-def make_runtime_dir() -> str:
-    """A private directory for the broker socket and the multiprocess metrics files, named
-    after this process; those of killed instances are removed first."""
-    remove_stale()
-    path = new_runtime_dir()
-    os.makedirs(os.path.join(path, "metrics"))
-    return path

@@ -11,7 +11,6 @@ Knows nothing of web requests.
 from __future__ import annotations
 
 import asyncio
-import enum
 import hashlib
 import random
 import time
@@ -23,8 +22,12 @@ import structlog
 
 from workspace_proxy.config import Retry, Secret, TeamConfig
 from workspace_proxy.errors import SessionUnavailable
+from workspace_proxy.fixes import fix_for, permanent_wait
 from workspace_proxy.flight import SingleFlight
 from workspace_proxy.looker import LookerToken
+from workspace_proxy.status import State, Status
+
+__all__ = ["State", "Status"]  # (re-exported: where a team's session stands)
 
 log = structlog.get_logger("workspace_proxy.tokens")
 Clock = Callable[[], float]
@@ -93,59 +96,15 @@ def next_wait(retry: Retry, hinted: float, *, rand: Callable[[], float]) -> floa
     return max(retry.interval_s * (0.5 + rand()), hinted)
 
 
-class State(enum.Enum):
-    """Where a team's session stands, for /readyz and the metrics."""
-
-    IDLE = "idle"
-    """No session was needed yet (or the last one expired unused)."""
-    OK = "ok"
-    """A pinned session is being handed out."""
-    PINNING = "pinning"
-    """An attempt (login, PATCH, verify) is under way and no session can be handed out."""
-    BACKING_OFF = "backing_off"
-    """The last attempt failed; the next one is due at ``next_attempt_in_s``."""
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    """A team's session as an operator sees it (never a token)."""
-
-    state: State
-    workspace: str
-    session_age_s: float | None
-    """Since the session in use was pinned; None without one."""
-    generation: int | None
-    next_attempt_in_s: float | None
-    """When backing off: seconds until the next attempt may start."""
-    last_error: str | None
-    """Why the last attempt failed, when it did."""
-    attempts: int
-    """Attempts to pin so far (each is a login, a PATCH, a verify, and a logout if it failed)."""
-
-    def as_json(self) -> dict[str, object]:
-        return {
-            "state": self.state.value,
-            "workspace": self.workspace,
-            "session_age_s": _rounded(self.session_age_s),
-            "generation": self.generation,
-            "next_attempt_in_s": _rounded(self.next_attempt_in_s),
-            "last_error": self.last_error,
-            "pin_attempts": self.attempts,
-        }
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
-
-
 class TeamSession:
     """The pinned Looker session of one team.
 
     While Looker fails, attempts to pin are spaced by ``retry.interval_s`` on average (see
     ``next_wait``), however many calls want a session: calls wait for the next attempt when it
     is due within their ``retry.deadline_s`` and are served by the first that succeeds;
-    otherwise they get 503 with Retry-After = the time to the next attempt. A refusal of the
-    team's credentials (4xx) is not waited for."""
+    otherwise they get 503 with Retry-After = the time to the next attempt. A failure that is a
+    configuration error (``fixes``: credentials refused, a workspace or branch Looker will not
+    give) is not waited for, and the next attempt is minutes away."""
 
     def __init__(
         self,
@@ -169,6 +128,8 @@ class TeamSession:
         self._flight: SingleFlight[PinnedSession] = SingleFlight()
         self._generation = 0
         self._attempts = 0
+        self._permanent = 0
+        """Configuration errors in a row (``fixes.permanent_wait``)."""
         self._next_attempt = 0.0
         self._last_error: SessionUnavailable | None = None
         self._closed = False
@@ -190,23 +151,27 @@ class TeamSession:
         now = self._clock()
         s = self._current
         usable = s is not None and now < s.usable_until
+        error = self._last_error
         if usable:
-            state = State.OK
+            state = State.REFRESHING if self._flight.running else State.OK
         elif self._flight.running:
             state = State.PINNING
-        elif self._last_error is not None:
-            state = State.BACKING_OFF
+        elif error is not None:
+            state = State.FAILING if error.permanent else State.BACKING_OFF
         else:
             state = State.IDLE
-        failing = self._last_error is not None
+        branch = self.team.git_branch
         return Status(
             state=state,
             workspace=self.team.workspace,
             session_age_s=now - s.pinned_at if s is not None and usable else None,
             generation=s.generation if s is not None and usable else None,
-            next_attempt_in_s=max(0.0, self._next_attempt - now) if failing else None,
-            last_error=self._last_error.reason if self._last_error is not None else None,
+            next_attempt_in_s=max(0.0, self._next_attempt - now) if error else None,
+            last_error=error.reason if error is not None else None,
             attempts=self._attempts,
+            branch=f"{branch.project}/{branch.name}" if branch else None,
+            verified=s.workspace if s is not None and usable else None,
+            fix=error.fix if error is not None else None,
         )
 
     def ready(self) -> PinnedSession | None:
@@ -254,16 +219,16 @@ class TeamSession:
             wait = self._next_attempt - self._clock()
             if wait > 0 and not self._flight.running:
                 error = self._last_error
-                if error is None or error.kind == "rejected" or self._clock() + wait > give_up_at:
+                if error is None or error.permanent or self._clock() + wait > give_up_at:
                     raise _again(error or _NOT_YET, wait)
                 await self._sleep(wait)
                 continue
             try:
                 return await self._flight.join(lambda: self._attempt(reason))
             except SessionUnavailable as exc:
-                if exc.kind == "rejected":
-                    # Looker refused the team's credentials: waiting for the next attempt will
-                    # not change that; the call is answered now.
+                if exc.permanent:
+                    # A configuration error: waiting for the next attempt will not change
+                    # that; the call is answered now.
                     raise _again(exc, max(0.0, self._next_attempt - self._clock())) from None
 
     async def _attempt(self, reason: str) -> PinnedSession:
@@ -273,9 +238,15 @@ class TeamSession:
         try:
             session = await self._pin_once(reason)
         except SessionUnavailable as exc:
-            delay = next_wait(self._retry, exc.retry_after, rand=self._rand)
+            fix = fix_for(self.team, exc.kind)
+            if fix is None:
+                self._permanent = 0
+                delay = next_wait(self._retry, exc.retry_after, rand=self._rand)
+            else:
+                self._permanent += 1
+                delay = max(permanent_wait(self._permanent), exc.retry_after)
             self._next_attempt = self._clock() + delay
-            self._last_error = exc
+            self._last_error = failure = _again(exc, delay, fix=fix)
             self._events.session_event(self.team.name, reason, exc.kind)
             self._events.pin_attempt(self.team.name, exc.kind)
             log.warning(
@@ -284,12 +255,14 @@ class TeamSession:
                 workspace=self.team.workspace,
                 reason=exc.reason,
                 kind=exc.kind,
+                permanent=fix is not None,
+                fix=fix,
                 attempt=self._attempts,
                 retry_in_s=round(delay, 3),
             )
-            raise _again(exc, delay) from None
+            raise failure from None
         self._current = session
-        self._next_attempt, self._last_error = 0.0, None
+        self._next_attempt, self._last_error, self._permanent = 0.0, None, 0
         self._events.session_event(self.team.name, reason, "ok")
         self._events.pin_attempt(self.team.name, "ok")
         log.info(
@@ -340,8 +313,11 @@ _NOT_YET: Final = SessionUnavailable(
 )
 
 
-def _again(exc: SessionUnavailable, retry_after: float) -> SessionUnavailable:
-    return type(exc)(exc.reason, retry_after=retry_after, kind=exc.kind)
+def _again(
+    exc: SessionUnavailable, retry_after: float, *, fix: str | None = None
+) -> SessionUnavailable:
+    """``exc`` again, answered with ``retry_after`` (and ``fix``, or the one it had)."""
+    return type(exc)(exc.reason, retry_after=retry_after, kind=exc.kind, fix=fix or exc.fix)
 
 
 class SudoSource:

@@ -1,7 +1,8 @@
 """`/_emulator/*`: control and inspect a running emulator over HTTP; never audited.
 
-GET audit[?since=N], GET stats, POST faults (JSON object of Faults fields),
-POST revoke, POST restart, POST reset."""
+GET audit[?since=N], GET stats, GET faults (the knobs as JSON), POST faults (a JSON object of
+Faults fields to change), POST revoke, POST restart, POST reset. ``ENDPOINTS`` describes them
+(the emulator's start-up banner prints it)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,18 @@ _FAULT_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "token_ttl_override": ((int, float), True),
 }
 _IGNORED_FAULTS = frozenset({"hold_login", "hold_session_patch"})
+
+
+ENDPOINTS: tuple[tuple[str, str], ...] = (
+    ("GET  /_emulator/audit[?since=N]", "every call: method, path, user, workspace it ran in"),
+    ("GET  /_emulator/stats", "login attempts, logins, PATCHes, live tokens"),
+    ("GET  /_emulator/faults", "the fault knobs and their values"),
+    ("POST /_emulator/faults", 'change knobs: {"login_failures": 3, "latency_s": 0.5}'),
+    ("POST /_emulator/revoke", "every token answers 401 from now on"),
+    ("POST /_emulator/restart", "forget sessions and tokens (git state stays)"),
+    ("POST /_emulator/reset", "clear the audit, counters and faults"),
+)
+"""The admin endpoints and what each does (for the start-up banner)."""
 
 
 def fault_changes(body: object) -> dict[str, Any]:
@@ -73,6 +86,9 @@ def routes(emu: LookerEmulator) -> list[web.RouteDef]:
     async def stats(_request: web.Request) -> web.Response:
         return web.json_response(emu.stats())
 
+    async def current_faults(_request: web.Request) -> web.Response:
+        return web.json_response(faults_json(emu.faults))
+
     async def faults(request: web.Request) -> web.Response:
         try:
             changes = fault_changes(json.loads(await request.read() or b"{}"))
@@ -97,6 +113,7 @@ def routes(emu: LookerEmulator) -> list[web.RouteDef]:
     return [
         web.get("/_emulator/audit", audit),
         web.get("/_emulator/stats", stats),
+        web.get("/_emulator/faults", current_faults),
         web.post("/_emulator/faults", faults),
         web.post("/_emulator/revoke", revoke),
         web.post("/_emulator/restart", restart),

@@ -22,6 +22,8 @@ class ApiUser:
     client_secret: str
     display_name: str
     is_admin: bool = False
+    can_develop: bool = True
+    """False: PATCH /session to dev answers 422 (a user without Looker's develop permission)."""
 
 
 DEFAULT_USERS: tuple[ApiUser, ...] = (
@@ -111,10 +113,13 @@ def _parse_user(path: str, index: int, entry: object) -> ApiUser:
         if not isinstance(value, str) or not value:
             raise ValueError(f"{where}: {key!r} must be a non-empty string")
         values[key] = value
-    is_admin = entry.get("is_admin", False)
-    if not isinstance(is_admin, bool):
-        raise ValueError(f"{where}: 'is_admin' must be true or false")
-    return ApiUser(**values, is_admin=is_admin)
+    flags: list[bool] = []
+    for key, default in (("is_admin", False), ("can_develop", True)):
+        flag = entry.get(key, default)
+        if not isinstance(flag, bool):
+            raise ValueError(f"{where}: {key!r} must be true or false")
+        flags.append(flag)
+    return ApiUser(**values, is_admin=flags[0], can_develop=flags[1])
 
 
 def _check_unique(path: str, users: tuple[ApiUser, ...]) -> None:

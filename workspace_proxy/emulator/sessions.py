@@ -97,6 +97,11 @@ async def update_session(call: Call) -> web.StreamResponse:
         if wanted not in WORKSPACES:
             message = f"workspace_id must be one of {', '.join(WORKSPACES)}, got {wanted!r}"
             raise validation_error("workspace_id", "invalid", message)
+        if wanted == content.DEV and not current.user.can_develop:
+            message = (
+                f"{current.user.display_name} may not use the dev workspace (no develop permission)"
+            )
+            raise validation_error("workspace_id", "invalid", message)
         wrong = faults.patch_session_wrong_workspace
         current.workspace = wanted if wrong is None else wrong
     return ok(call, api_session(current))
