@@ -37,6 +37,7 @@ from workspace_proxy.tokens import (
     close_all,
     local_sessions,
 )
+from workspace_proxy.tracing import Tracer
 from workspace_proxy.upstream import Backend, Pool
 
 log = structlog.get_logger("workspace_proxy.app")
@@ -111,12 +112,19 @@ class Proxy:
     view: View = field(init=False)
     pool: Pool = field(init=False)
     http: aiohttp.ClientSession = field(init=False)
+    tracing: Tracer | None = field(default=None, init=False)
+    """OpenTelemetry tracing, when ``config.tracing`` turns it on (from ``start`` to ``stop``;
+    a reload does not change it)."""
     started: bool = False
 
     async def start(self) -> None:
         if self.link is not None:
             # Every logout of the instance is known here before the first caller is served.
             await self.link.start(self.revocations)
+        if self.config.tracing is not None:
+            from workspace_proxy.spans import Spans  # the SDK is imported only when tracing
+
+            self.tracing = Spans(self.config.tracing)
         self.http = upstream_session(self.config)
         factory = self.providers(self.http, self.config, self.clock, self.sleep, self.metrics)
         self.view = self._view(self.config, TokenManager(self.config.managed_teams, factory))
@@ -133,6 +141,9 @@ class Proxy:
         await self.http.close()
         if self.link is not None:
             await self.link.close()
+        tracing, self.tracing = self.tracing, None
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)  # the spans still queued are exported
 
     def take_slot(self, team: TeamConfig) -> bool:
         """One of the team's ``max_concurrency`` slots, or False when they are all taken."""
@@ -161,7 +172,13 @@ class Proxy:
             )
         return View(
             config=config,
-            policy=Policy(config, auth, Looker.of(config), passthrough is not None),
+            policy=Policy(
+                config,
+                auth,
+                Looker.of(config),
+                passthrough is not None,
+                tracing=self.tracing is not None,
+            ),
             auth=auth,
             sessions=sessions,
             passthrough=passthrough,
@@ -206,6 +223,8 @@ class Proxy:
         )
         if (config.listen, config.admin) != (old.config.listen, old.config.admin):
             log.warning("listen_change_needs_restart")
+        if config.tracing != old.config.tracing:
+            log.warning("tracing_change_needs_restart")
         await close_all(retired, wait=True)
 
     def sessions(self) -> list[SessionProvider] | None:

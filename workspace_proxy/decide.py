@@ -216,6 +216,9 @@ class Policy:
     looker: Looker
     passthrough: bool
     """Some team is in passthrough mode: tokens that are not ours are Looker's."""
+    tracing: bool = False
+    """The proxy traces: the caller's trace context is not forwarded (``headers``), Looker gets
+    the proxy's own (``leg``)."""
     memo: dict[tuple[object, ...], tuple[Principal, Forward]] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -247,7 +250,10 @@ def _sent(base_path: str, route: Route, target: Target) -> bytes:
 
 def decide(head: Head, peer: Peer, policy: Policy) -> Decision:
     """What to do with a request (see the module docstring)."""
-    key = (head.method, head.target, tuple(head.headers), head.length, head.chunked, peer.lines)
+    lines = tuple(head.headers)
+    if policy.tracing:  # a forward does not depend on the caller's trace context then
+        lines = tuple(h for h in lines if not headers.trace_context(h[0]))
+    key = (head.method, head.target, lines, head.length, head.chunked, peer.lines)
     memo = policy.memo
     known = memo.get(key)
     if known is not None:
@@ -370,8 +376,9 @@ def _forward(
     key: SessionKey | None,
 ) -> Forward:
     """The request Looker gets, built from what was decided: the classified target, the
-    caller's headers minus everything ``headers.dropped_upstream`` drops, Looker's Host, the
-    body's framing and the proxy's own X-Forwarded-*."""
+    caller's headers minus everything ``headers.dropped_upstream`` drops (and their trace
+    context while the proxy traces), Looker's Host, the body's framing and the proxy's own
+    X-Forwarded-*."""
     looker = policy.looker
     sent = _sent(looker.base_path, route, target)
     limits = policy.config.limits
@@ -390,8 +397,10 @@ def _forward(
         body = Body.STREAM
     lines = [head.method, b" ", sent, b" HTTP/1.1\r\nHost: ", looker.host_header, _CRLF]
     named = headers.named_in_connection(head.connection) if head.connection else _NONE
+    tracing = policy.tracing
     for name, value in head.headers:
-        if not headers.dropped_upstream(name, named):
+        dropped = headers.dropped_upstream(name, named)
+        if not dropped and not (tracing and headers.trace_context(name)):
             lines += (name, b": ", value, _CRLF)
     if chunked:
         lines.append(b"Transfer-Encoding: chunked\r\n")
