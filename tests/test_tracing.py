@@ -20,10 +20,14 @@ from typing import Any
 import aiohttp
 import pytest
 from harness import ENV, Proxy, ProxyProcess, raw_config, raw_http
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from otlp import OtlpReceiver, Received
 from pytest_aiohttp import AiohttpServer
 from spy import SpyLooker
 
+from workspace_proxy import spans as spans_module
 from workspace_proxy.config import Tracing, parse_config, summary
 from workspace_proxy.emulator import DEFAULT_USERS, LookerEmulator
 from workspace_proxy.errors import ConfigError
@@ -538,3 +542,24 @@ async def test_serve_imports_no_opentelemetry_while_tracing_is_off(
     else:
         assert imported == 0, report
         assert (otlp.paths, otlp.spans) == ([], [])
+
+
+@pytest.mark.parametrize("state", ["", "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"])
+@pytest.mark.parametrize("flags", [0, 1, 3])
+def test_the_lines_looker_gets_are_what_the_w3c_propagator_writes(state: str, flags: int) -> None:
+    """The hot path writes traceparent and tracestate itself: byte for byte what
+    OpenTelemetry's W3C propagator injects for the same span context."""
+    context = SpanContext(
+        trace_id=int(CALLER_TRACE, 16),
+        span_id=int(CALLER_SPAN, 16),
+        is_remote=False,
+        trace_flags=TraceFlags(flags),
+        trace_state=TraceState.from_header([state]) if state else None,
+    )
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(
+        carrier, context=trace.set_span_in_context(NonRecordingSpan(context))
+    )
+    assert carrier.keys() == ({"traceparent", "tracestate"} if state else {"traceparent"})
+    expected = "".join(f"{name}: {value}\r\n" for name, value in carrier.items())
+    assert spans_module._lines(context) == expected.encode()

@@ -81,6 +81,8 @@ class Head:
     """The Authorization values."""
     connection: tuple[bytes, ...] = ()
     """The Connection values (the names they list are hop-by-hop)."""
+    trace_context: tuple[tuple[bytes, bytes], ...] = ()
+    """The W3C trace context lines (traceparent, tracestate), name lower-cased, as sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +253,7 @@ def _sent(base_path: str, route: Route, target: Target) -> bytes:
 def decide(head: Head, peer: Peer, policy: Policy) -> Decision:
     """What to do with a request (see the module docstring)."""
     lines = tuple(head.headers)
-    if policy.tracing:  # a forward does not depend on the caller's trace context then
+    if policy.tracing and head.trace_context:  # a forward does not depend on them then
         lines = tuple(h for h in lines if not headers.trace_context(h[0]))
     key = (head.method, head.target, lines, head.length, head.chunked, peer.lines)
     memo = policy.memo

@@ -231,8 +231,11 @@ class Exchange:
             self._take_slot(need.team)
         elif isinstance(need, Session):
             provider = self.view.provider(need.key)
-            trace = self.trace  # (a refresh it starts is the request's child)
-            session = provider.ready() if trace is None else within(trace, provider.ready)
+            trace = self.trace  # (a refresh it starts is the recorded request's child)
+            if trace is None or not trace.recording:
+                session = provider.ready()
+            else:
+                session = within(trace, provider.ready)
             if session is not None:
                 self._advance(session)
             else:

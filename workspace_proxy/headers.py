@@ -143,7 +143,7 @@ def passes_downstream(name: bytes, named: frozenset[bytes]) -> bool:
 
 
 # What the transport needs to know about a header, by its raw name (cached: names repeat).
-OTHER, HOST, LENGTH, TE, EXPECT, AUTH, RID, CONNECTION, HOP = range(9)
+OTHER, HOST, LENGTH, TE, EXPECT, AUTH, RID, CONNECTION, HOP, TRACE = range(10)
 _KINDS: Final = {
     b"host": HOST,
     b"content-length": LENGTH,
@@ -152,6 +152,8 @@ _KINDS: Final = {
     b"authorization": AUTH,
     b"x-request-id": RID,
     b"connection": CONNECTION,
+    b"traceparent": TRACE,
+    b"tracestate": TRACE,
 }
 
 

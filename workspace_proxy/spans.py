@@ -41,12 +41,11 @@ from opentelemetry.sdk.trace.sampling import (
     Sampler,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from workspace_proxy import __version__, tracing
 from workspace_proxy.config import Tracing
-from workspace_proxy.headers import TRACE_CONTEXT
 from workspace_proxy.routes import METHODS
 from workspace_proxy.tracing import ACTIVE, Attributes, Step
 
@@ -133,7 +132,7 @@ class _Step:
 class _Call:
     """A request's span (``tracing.CallTrace``)."""
 
-    __slots__ = ("_base", "_generation", "_spans", "_up", "span")
+    __slots__ = ("_base", "_generation", "_lines", "_spans", "_up", "recording", "span")
 
     def __init__(self, spans: Spans, req: Request) -> None:
         self._spans = spans
@@ -141,10 +140,13 @@ class _Call:
         waited = int((time.perf_counter() - req.started) * 1e9) if req.started else 0
         self.span = spans.tracer.start_span(
             _method(req.head.method.decode("latin-1")),
-            context=_callers(req.head.headers),
+            context=_callers(req.head.trace_context),
             kind=SpanKind.SERVER,
             start_time=now - max(0, waited),
         )
+        self.recording = self.span.is_recording()
+        self._lines = b""
+        """The trace context lines of an unrecorded call (the same for each of its trips)."""
         self._base: contextvars.Context | None = None
         self._up: Span | None = None
         self._generation: int | None = None
@@ -161,27 +163,32 @@ class _Call:
         otel_context.attach(trace.set_span_in_context(self.span))
 
     def upstream(self, method: bytes, route: str, generation: int | None, replay: bool) -> bytes:
-        self.upstream_end(0, "superseded")
         if generation is not None:
             self._generation = generation
+        if not self.recording:
+            # Its trip would not be recorded either (every sampler the proxy offers decides a
+            # child as its parent, or by the same trace id): Looker learns the trace and that
+            # it is not sampled, from the call's own span context, and no span is made.
+            if not self._lines:
+                self._lines = _lines(self.span.get_span_context())
+            return self._lines
+        self.upstream_end(0, "superseded")
         name = _method(method.decode("latin-1"))
+        attributes: dict[str, str | bool | int] = {
+            tracing.METHOD: name,
+            tracing.ROUTE: route,
+            tracing.REPLAYED: replay,
+        }
+        if generation is not None:
+            attributes[tracing.GENERATION] = generation
         span = self._spans.tracer.start_span(
             f"looker {name} {route}",
             context=trace.set_span_in_context(self.span),
             kind=SpanKind.CLIENT,
+            attributes=attributes,
         )
         self._up = span
-        if span.is_recording():
-            attributes: dict[str, str | bool | int] = {
-                tracing.METHOD: name,
-                tracing.ROUTE: route,
-                tracing.REPLAYED: replay,
-            }
-            if generation is not None:
-                attributes[tracing.GENERATION] = generation
-            span.set_attributes(attributes)
-        lines = "".join(f"{name}: {value}\r\n" for name, value in _carrier(span).items())
-        return lines.encode("latin-1")
+        return _lines(span.get_span_context())
 
     def upstream_end(self, status: int, kind: str | None = None) -> None:
         span, self._up = self._up, None
@@ -197,7 +204,7 @@ class _Call:
     def finish(self, outcome: Outcome) -> None:
         self.upstream_end(0, outcome.kind or "unfinished")
         span = self.span
-        if span.is_recording():
+        if self.recording:
             status = outcome.status or 502
             method = _method(outcome.method)
             attributes: dict[str, str | bool | int] = {
@@ -221,23 +228,35 @@ class _Call:
         span.end()
 
 
-def _callers(headers: list[tuple[bytes, bytes]]) -> otel_context.Context | None:
-    """The caller's trace context, when it sent one (several lines of one header are one
-    comma-separated value, as HTTP reads them: two traceparents do not parse, a new trace
-    starts)."""
+def _callers(lines: tuple[tuple[bytes, bytes], ...]) -> otel_context.Context | None:
+    """The caller's trace context, when it sent one (``Head.trace_context``). Several lines of
+    one header are one comma-separated value, as HTTP reads them: two traceparents do not
+    parse, and a new trace starts."""
+    if not lines:
+        return None
     carrier: dict[str, str] = {}
-    for name, value in headers:
-        lower = name.lower()
-        if lower in TRACE_CONTEXT:
-            key, text = lower.decode(), value.decode("latin-1")
-            carrier[key] = f"{carrier[key]},{text}" if key in carrier else text
-    return PROPAGATOR.extract(carrier) if carrier else None
+    for name, value in lines:
+        key, text = name.decode(), value.decode("latin-1")
+        carrier[key] = f"{carrier[key]},{text}" if key in carrier else text
+    return PROPAGATOR.extract(carrier)
 
 
 def _carrier(span: Span) -> dict[str, str]:
     carrier: dict[str, str] = {}
     PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
     return carrier
+
+
+def _lines(context: SpanContext) -> bytes:
+    """The W3C trace context lines that name a span, written as ``PROPAGATOR`` writes them
+    (tested): the hot path's own, about five times cheaper than going through ``inject``."""
+    line = b"traceparent: 00-%032x-%016x-%02x\r\n" % (
+        context.trace_id,
+        context.span_id,
+        context.trace_flags,
+    )
+    state = context.trace_state
+    return line + b"tracestate: %s\r\n" % state.to_header().encode() if state else line
 
 
 def _method(method: str) -> str:

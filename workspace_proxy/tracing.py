@@ -62,6 +62,9 @@ class Step(Protocol):
 class CallTrace(Protocol):
     """A request's span (see the module docstring)."""
 
+    recording: bool
+    """The span is recorded (sampled); an unrecorded one costs as little as it can."""
+
     def context(self) -> contextvars.Context:
         """A new context where the tracer is ``ACTIVE`` and this span is the current one."""
         ...
@@ -144,6 +147,6 @@ def child(
 
 
 def within(trace: CallTrace | None, fn: Callable[[], T]) -> T:
-    """``fn()``, in the request's tracing context when it is traced (for work it starts that
-    outlives the call, such as a background refresh)."""
-    return fn() if trace is None else trace.context().run(fn)
+    """``fn()``, in the request's tracing context when it is recorded (for work it starts that
+    outlives the call, such as a background refresh, which is then its child)."""
+    return fn() if trace is None or not trace.recording else trace.context().run(fn)
