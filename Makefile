@@ -35,11 +35,13 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.revocations
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.recovery
+	$(BIN)/python -m benchmarks.tracing
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.revocations --samples 200
 	$(BIN)/python -m benchmarks.run --quick
 	$(BIN)/python -m benchmarks.recovery --quick
+	$(BIN)/python -m benchmarks.tracing --quick
 
 # The configuration's JSON Schema, for editors; a test keeps config/schema.json equal to it.
 schema: $(STAMP)
