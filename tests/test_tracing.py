@@ -13,13 +13,19 @@ spans the receiver got (the proxy flushes its exporter in a thread, or exports o
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import shutil
+import signal
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from harness import ENV, Proxy, ProxyProcess, raw_config, raw_http
+import yaml
+from harness import ENV, Proxy, ProxyProcess, free_port, raw_config, raw_http
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -563,3 +569,104 @@ def test_the_lines_looker_gets_are_what_the_w3c_propagator_writes(state: str, fl
     assert carrier.keys() == ({"traceparent", "tracestate"} if state else {"traceparent"})
     expected = "".join(f"{name}: {value}\r\n" for name, value in carrier.items())
     assert spans_module._lines(context) == expected.encode()
+
+
+# --- the README's snippets ----------------------------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+README_COLLECTOR = "http://127.0.0.1:4318"
+
+
+def readme_blocks(language: str) -> list[str]:
+    """The ```language blocks of the README's Tracing section."""
+    text = README.read_text(encoding="utf-8")
+    heading = "### Tracing (OpenTelemetry)\n"
+    assert heading in text, "README.md no longer has its Tracing section"
+    section = re.split(r"^#{2,3} ", text[text.index(heading) + len(heading) :], flags=re.M)[0]
+    return re.findall(rf"^```{language}\n(.*?)^```", section, re.S | re.M)
+
+
+async def test_readme_tracing_block_is_valid_and_traces(
+    spy: SpyLooker, make_proxy: MakeProxy, otlp: OtlpReceiver
+) -> None:
+    """README 'Tracing': the `tracing` block is a valid section (the values its comments give),
+    and a proxy configured with it (the collector's address aside) exports the calls' spans."""
+    (block,) = readme_blocks("yaml")
+    settings = yaml.safe_load(block)["tracing"]
+    assert tracing_of(settings) == Tracing(
+        endpoint=README_COLLECTOR,
+        sampling_ratio=0.01,
+        service_name="workspace-proxy",
+        traces_url=f"{README_COLLECTOR}/v1/traces",
+    )
+    proxy = await make_proxy(spy, tracing={**settings, "endpoint": otlp.base_url})
+    token = await proxy.login("analytics")
+    headers = {"traceparent": CALLER_PARENT}  # at 1 %, the caller's decision makes it recorded
+    assert (await proxy.call("GET", "/api/4.0/user", token, headers=headers)).status == 200
+    await flushed(proxy)
+    call = one(otlp.trace(CALLER_TRACE), "GET user")
+    assert (call.parent, call.resource["service.name"]) == (CALLER_SPAN, "workspace-proxy")
+
+
+async def test_readme_tracing_variables_run_as_written(
+    spy: SpyLooker, otlp: OtlpReceiver, tmp_path: Path
+) -> None:
+    """README 'Tracing': the shell snippet, run by bash as written (the collector's address and
+    the config file aside), serves with tracing on: the spans reach the collector under the
+    service name it sets, the caller's trace continued, by the time the proxy has stopped."""
+    (block,) = readme_blocks("sh")
+    assert README_COLLECTOR in block
+    assert "config/example.yaml" in block
+    port, admin = free_port(), free_port()
+    config = raw_config(
+        spy.base_url,
+        listen={"host": "127.0.0.1", "port": port},
+        admin={"host": "127.0.0.1", "port": admin},
+        shutdown={"drain_s": 0, "grace_s": 5},
+    )
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    script = block.replace(README_COLLECTOR, otlp.base_url).replace(
+        "config/example.yaml", str(path)
+    )
+    bash = shutil.which("bash")
+    assert bash is not None, "bash is needed to run the README's shell snippets"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    bin_dir = str(Path(sys.executable).parent)
+    proc = await asyncio.create_subprocess_exec(
+        bash, "-e", "-c", script,
+        env={**clean, **ENV, "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")])},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(20):
+            while not any('"listening"' in line for line in lines):
+                raw = await proc.stdout.readline()
+                assert raw, "\n".join(lines)
+                lines.append(raw.decode())
+        proxy = f"http://127.0.0.1:{port}"
+        async with aiohttp.ClientSession() as http:
+            form = {
+                "client_id": "analytics-caller",
+                "client_secret": ENV["ANALYTICS_CALLER_SECRET"],
+            }
+            async with http.post(f"{proxy}/api/4.0/login", data=form) as resp:
+                token = (await resp.json())["access_token"]
+            headers = {"Authorization": f"token {token}", "traceparent": CALLER_PARENT}
+            async with http.get(f"{proxy}/api/4.0/user", headers=headers) as resp:
+                assert resp.status == 200
+        os.killpg(proc.pid, signal.SIGTERM)
+        rest, _ = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    output = "".join(lines) + rest.decode()
+    assert '"stopped"' in output, output
+    call = one(otlp.trace(CALLER_TRACE), "GET user")
+    assert call.parent == CALLER_SPAN
+    assert call.resource["service.name"] == "workspace-proxy-bi"
