@@ -64,6 +64,11 @@ class OtlpReceiver:
     spans: list[Received] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     base_url: str = ""
+    hold: asyncio.Event | None = None
+    """While set to an unset event, exports are taken but not answered (a collector that
+    does not keep up): the exporter's thread waits."""
+    held: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once an export is being held."""
     _arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -77,6 +82,9 @@ class OtlpReceiver:
             body = gzip.decompress(body)
         if request.method != "POST" or request.path != "/v1/traces":
             return web.Response(status=404)
+        if self.hold is not None and not self.hold.is_set():
+            self.held.set()
+            await self.hold.wait()
         export = ExportTraceServiceRequest.FromString(body)
         self.bodies.append(body)
         for resource_spans in export.resource_spans:

@@ -670,3 +670,42 @@ async def test_readme_tracing_variables_run_as_written(
     call = one(otlp.trace(CALLER_TRACE), "GET user")
     assert call.parent == CALLER_SPAN
     assert call.resource["service.name"] == "workspace-proxy-bi"
+
+
+async def test_a_collector_that_does_not_keep_up_costs_spans_not_calls_or_log_lines(
+    looker: LookerEmulator, otlp: OtlpReceiver, tmp_path: Path
+) -> None:
+    """`serve` with a small span queue and a collector that holds the first export: calls are
+    served as usual, the spans that do not fit are dropped, and the SDK's warning about it is
+    logged once, not once per span (a log line per dropped span would flood stdout when a
+    collector goes down at full load; the SDK limits it itself)."""
+    otlp.hold = asyncio.Event()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp.base_url,
+        "OTEL_BSP_MAX_QUEUE_SIZE": "4",
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "2",
+    }
+    raw = raw_config(looker.base_url, shutdown={"drain_s": 0, "grace_s": 5})
+    proxy = await ProxyProcess.start(raw, tmp_path, env=env)
+    try:
+        async with aiohttp.ClientSession() as http:
+            form = {
+                "client_id": "analytics-caller",
+                "client_secret": ENV["ANALYTICS_CALLER_SECRET"],
+            }
+            async with http.post(f"{proxy.url}/api/4.0/login", data=form) as resp:
+                headers = {"Authorization": f"token {(await resp.json())['access_token']}"}
+            async with http.get(f"{proxy.url}/api/4.0/user", headers=headers) as resp:
+                assert resp.status == 200
+            await otlp.held.wait()  # the exporter's thread is stuck: the queue fills up
+            for _ in range(40):
+                async with http.get(f"{proxy.url}/api/4.0/user", headers=headers) as resp:
+                    assert resp.status == 200
+        otlp.hold.set()
+        assert await proxy.stop() == 0, "\n".join(proxy.lines)
+    finally:
+        otlp.hold.set()
+        await proxy.kill()
+    dropped = [line for line in proxy.lines if re.search(r"Queue (is )?full", line)]
+    assert len(dropped) == 1, "\n".join(dropped)
+    assert len(otlp.spans) < 40
