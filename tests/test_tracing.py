@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import structlog
 import yaml
 from harness import ENV, Proxy, ProxyProcess, free_port, raw_config, raw_http
 from opentelemetry import trace
@@ -709,3 +710,25 @@ async def test_a_collector_that_does_not_keep_up_costs_spans_not_calls_or_log_li
     dropped = [line for line in proxy.lines if re.search(r"Queue (is )?full", line)]
     assert len(dropped) == 1, "\n".join(dropped)
     assert len(otlp.spans) < 40
+
+
+async def test_a_reload_keeps_the_tracing_the_proxy_started_with(
+    spy: SpyLooker, make_proxy: MakeProxy, otlp: OtlpReceiver
+) -> None:
+    """Tracing is set up at start: a reload without the block says it needs a restart, and
+    calls go on being traced (and Looker on getting the proxy's traceparent)."""
+    proxy = await make_proxy(spy, **traced(otlp))
+    app = proxy.client.server.app
+    with structlog.testing.capture_logs() as events:
+        await app.reload(parse_config(raw_config(spy.base_url), env=ENV))
+    assert "tracing_change_needs_restart" in [e["event"] for e in events]
+    assert app.tracing is not None
+    assert app.view.policy.tracing
+    token = await proxy.login("analytics")
+    headers = {"traceparent": CALLER_PARENT}
+    assert (await proxy.call("GET", "/api/4.0/user", token, headers=headers)).status == 200
+    await flushed(proxy)
+    upstream = one(otlp.trace(CALLER_TRACE), "looker GET user")
+    raw = next(raw for method, path, raw in spy.seen if path == "/api/4.0/user")
+    (sent,) = headers_named(raw, b"traceparent")
+    assert upstream.named_by(sent)
