@@ -732,3 +732,44 @@ async def test_a_reload_keeps_the_tracing_the_proxy_started_with(
     raw = next(raw for method, path, raw in spy.seen if path == "/api/4.0/user")
     (sent,) = headers_named(raw, b"traceparent")
     assert upstream.named_by(sent)
+
+
+async def test_passthrough_calls_are_traced_without_their_tokens_or_credentials(
+    looker: LookerEmulator, make_proxy: MakeProxy, otlp: OtlpReceiver
+) -> None:
+    """A passthrough caller logs in with its Looker credentials (its session pinned, answered
+    with a sealed token), then calls with that sealed token and with a raw Looker token of its
+    own (identified and pinned on first sight): each call is traced, its Looker calls are its
+    children, and no span holds the credentials, the sealed token or either Looker token."""
+    bi = {"mode": "passthrough", "workspace": "dev", "looker_client_ids": ["marketing-client-id"]}
+    proxy = await make_proxy(looker, teams=("analytics",), team_settings={"bi": bi}, **traced(otlp))
+    form = {"client_id": "marketing-client-id", "client_secret": "marketing-client-secret"}
+    resp = await proxy.client.post(
+        "/api/4.0/login", data=form, headers={"traceparent": CALLER_PARENT}
+    )
+    assert resp.status == 200, await resp.text()
+    sealed = (await resp.json())["access_token"]
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{looker.base_url}/api/4.0/login", data=form) as direct,
+    ):
+        raw_token = (await direct.json())["access_token"]
+    for token in (sealed, raw_token):
+        resp = await proxy.call(
+            "GET", "/api/4.0/user", token, headers={"traceparent": CALLER_PARENT}
+        )
+        assert resp.status == 200, await resp.text()
+    await flushed(proxy)
+    spans = otlp.trace(CALLER_TRACE)
+    login = one(spans, "POST login")
+    assert login.attributes["workspace_proxy.team"] == "bi"
+    children = {s.name for s in spans if s.parent == login.span_id}
+    assert children == {"looker POST /login", "looker PATCH /session"}
+    calls = [s for s in spans if s.name == "GET user"]
+    assert [c.attributes["workspace_proxy.team"] for c in calls] == ["bi", "bi"]
+    first_sight = {s.name for s in spans if s.parent == calls[1].span_id}
+    assert {"looker GET /user", "looker GET user"} <= first_sight
+    looker_tokens = list(looker.issued_tokens())
+    assert len(looker_tokens) >= 2
+    secrets = [*secrets_of(proxy, sealed, raw_token, *looker_tokens), form["client_secret"]]
+    assert_no_secret(otlp, [*secrets, "wp2.", "token "])
