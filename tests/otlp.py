@@ -1,7 +1,8 @@
 """A real OTLP/HTTP trace receiver for the tests, in Looker's neighbourhood: an aiohttp app that
 takes ``POST /v1/traces`` as a collector does, decodes each export with the official protobuf
 messages (``opentelemetry-proto``), answers an ``ExportTraceServiceResponse``, and keeps every
-raw body (to search for secrets byte by byte) and every span, flattened."""
+raw body (to search for secrets byte by byte) and every span, flattened; and the helpers the
+tracing tests share."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from harness import Proxy
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from pytest_aiohttp import AiohttpServer
 
 KINDS = {
     Span.SPAN_KIND_INTERNAL: "INTERNAL",
@@ -143,3 +146,63 @@ def _value(value: AnyValue) -> Any:
     if which == "kvlist_value":
         return _attributes(value.kvlist_value.values)
     return None if which is None else getattr(value, which)
+
+
+# --- for the tests ------------------------------------------------------------------------------
+
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+CALLER_PARENT = f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"
+
+
+async def serve(aiohttp_server: AiohttpServer) -> OtlpReceiver:
+    """A receiver on a real socket (for a test's ``otlp`` fixture)."""
+    receiver = OtlpReceiver()
+    server = await aiohttp_server(receiver.app)
+    receiver.base_url = str(server.make_url("/")).rstrip("/")
+    return receiver
+
+
+def traced(otlp: OtlpReceiver, **settings: Any) -> dict[str, Any]:
+    """A ``tracing`` block that exports to the test's receiver."""
+    return {"tracing": {"endpoint": otlp.base_url, **settings}}
+
+
+async def flushed(proxy: Proxy) -> None:
+    """Every span the proxy ended so far, exported (the SDK's flush, off the event loop)."""
+    tracing = proxy.client.server.app.tracing
+    assert tracing is not None
+    assert await asyncio.to_thread(tracing.flush)
+
+
+def one(spans: list[Received], name: str) -> Received:
+    found = [s for s in spans if s.name == name]
+    assert len(found) == 1, (name, [s.name for s in spans])
+    return found[0]
+
+
+def headers_named(raw: list[tuple[bytes, bytes]], name: bytes) -> list[str]:
+    return [v.decode() for k, v in raw if k.lower() == name]
+
+
+def secrets_of(proxy: Proxy, *more: str) -> list[str]:
+    """Everything that must never be in a span: every credential the config resolves, the
+    signing key, tokens, and what Authorization values look like."""
+    config = proxy.config
+    found = [config.token_signing_key.reveal(), "Authorization", "authorization", *more]
+    for team in config.teams.values():
+        found += [c.client_secret.reveal() for c in team.callers]
+        if team.looker_client_secret is not None:
+            found.append(team.looker_client_secret.reveal())
+    return found
+
+
+def assert_no_secret(otlp: OtlpReceiver, secrets: list[str]) -> None:
+    """No exported byte holds a secret (every body, searched raw: names, attributes, status
+    messages, events, resource)."""
+    assert otlp.bodies
+    for body in otlp.bodies:
+        for secret in secrets:
+            assert secret.encode() not in body, secret
+    for span in otlp.spans:
+        assert (span.events, span.links) == (0, 0), span
