@@ -41,11 +41,13 @@ bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.revocations
 	$(BIN)/python -m benchmarks.run
 	$(BIN)/python -m benchmarks.recovery
+	$(BIN)/python -m benchmarks.tracing
 
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks.revocations --samples 200
 	$(BIN)/python -m benchmarks.run --quick
 	$(BIN)/python -m benchmarks.recovery --quick
+	$(BIN)/python -m benchmarks.tracing --quick
 
 # docs/benchmarks.md and docs/charts/ again from the last full run's results, without measuring.
 bench-report: $(BENCH_STAMP)

@@ -288,14 +288,17 @@ class ProxyProcess:
         return int(kb) * 1024
 
     @classmethod
-    async def start(cls, config: dict[str, Any], tmp_path: Path, *args: str) -> ProxyProcess:
+    async def start(
+        cls, config: dict[str, Any], tmp_path: Path, *args: str, env: dict[str, str] | None = None
+    ) -> ProxyProcess:
+        """``env``: variables set for the process besides ``ENV``."""
         path = tmp_path / "proxy.yaml"
         path.write_text(yaml.safe_dump(config))
         port, admin_port = free_port(), free_port()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "workspace_proxy", "serve", "-c", str(path),
             "--port", str(port), "--admin-port", str(admin_port), *args,
-            env={**os.environ, **ENV},
+            env={**os.environ, **ENV, **(env or {})},
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip

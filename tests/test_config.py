@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,11 @@ from workspace_proxy.config import (
     Shutdown,
     TeamConfig,
     Timeouts,
+    Tracing,
     load_config,
     parse_config,
     summary,
+    yaml_fields,
 )
 from workspace_proxy.errors import ConfigError
 
@@ -213,6 +216,10 @@ def test_reference_example_sets_every_key() -> None:
         | names(Caller, "teams.*.callers.*.")
     )
     assert yaml_keys(raw) - {"teams.*.callers.*"} == expected
+    # Tracing is off in the reference: its keys are shown commented out, each with its default.
+    text = (CONFIG_DIR / "example.yaml").read_text(encoding="utf-8")
+    for f in yaml_fields(Tracing):
+        assert re.search(rf"^#   {f.name}: {re.escape(str(f.default))} +# default", text, re.M)
     passthrough = yaml.safe_load((CONFIG_DIR / "passthrough.yaml").read_text(encoding="utf-8"))
     assert {"teams.*.mode", "teams.*.looker_client_ids"} <= yaml_keys(passthrough)
 
@@ -321,13 +328,14 @@ def test_every_problem_is_reported_in_one_error() -> None:
     raw["teams"]["analytics"]["callers"][0]["client_secret"] = "plain-text-secret"
     raw["teams"]["finance"]["looker_client_secret"] = {"env": "MISSING_SECRET"}
     raw["teams"]["finance"]["colour"] = "green"
+    raw["tracing"] = {"sampling_ratio": 2}
     env = {**ENV, "SHORT_KEY": "too-short"}
 
     problems = problems_of(raw, env)
 
     expected = [
         "colour: unknown key (allowed: admin, caller_token_ttl_s, limits, listen, log_level, "
-        "looker, shutdown, teams, token_signing_key)",
+        "looker, shutdown, teams, token_signing_key, tracing)",
         "looker.retri: unknown key (allowed: api_versions, base_url, ca_file, max_connections, "
         "retry, timeouts, verify_tls)",
         "looker.base_url: must be an http(s) URL with a host, got 'example.cloud.looker.com'",
@@ -348,6 +356,7 @@ def test_every_problem_is_reported_in_one_error() -> None:
         "git_branch, "
         "looker_client_id, looker_client_ids, looker_client_secret, max_concurrency, mode, "
         "workspace)",
+        "tracing.sampling_ratio: must be at most 1",
     ]
     for message in expected:
         assert message in problems

@@ -305,6 +305,37 @@ BAD_URLS = [
 ]
 
 
+GOOD_ENDPOINTS = [
+    "http://localhost:4318",
+    "https://otel-collector.monitoring:4318/",
+    "http://127.0.0.1:4318/otlp",
+    "http://[::1]:4318",
+    "HTTPS://collector.example.com",
+]
+BAD_ENDPOINTS = [
+    "localhost:4318",
+    "grpc://localhost:4317",
+    "http://",
+    "http://collector:4318/v1/traces?x=1",
+    "http://collector:4318#frag",
+    "http://user@collector:4318",
+    "http://collector:port",
+]
+
+
+def tracing() -> Draw:
+    ratios = st.floats(min_value=0, max_value=1) | st.sampled_from([0, 1])
+    keys = {
+        "endpoint": (
+            50,
+            sometimes(st.sampled_from(GOOD_ENDPOINTS), st.sampled_from(BAD_ENDPOINTS)),
+        ),
+        "sampling_ratio": (50, sometimes(ratios, NUMBERS | WRONG)),
+        "service_name": (50, sometimes(st.sampled_from(["workspace-proxy", "wp bi"]), WRONG)),
+    }
+    return sometimes(mapping(keys), WRONG)
+
+
 def section(*names: str, bad: tuple[str, ...] = ()) -> Draw:
     keys = {n: (50, number) for n in names}
 
@@ -367,6 +398,7 @@ def documents(files: Files) -> st.SearchStrategy[Any]:
                 "limits": (20, limits),
                 "caller_token_ttl_s": (20, number),
                 "log_level": (20, choice("debug", "info", "warning", "error")),
+                "tracing": (20, tracing()),
             }
         ),
         WRONG,
@@ -516,6 +548,11 @@ def rich_doc(files: Files) -> dict[str, Any]:
         },
         "caller_token_ttl_s": 3600,
         "log_level": "info",
+        "tracing": {
+            "endpoint": "http://127.0.0.1:4318",
+            "sampling_ratio": 0.01,
+            "service_name": "workspace-proxy",
+        },
         "token_signing_key": {"env": "WP_SIGNING_KEY"},
         "teams": {
             "analytics": {
@@ -698,6 +735,13 @@ def test_schema_and_check_config_agree_on_every_single_mistake(files: Files) -> 
         ({"caller_token_ttl_s": 119}, False),
         ({"teams.analytics.looker_client_id": "t0-plain-id"}, True),
         ({"token_signing_key": SIGNING}, False),
+        ({"tracing": {}}, True),
+        ({"tracing": None}, True),
+        ({"tracing.sampling_ratio": 0.25, "tracing.endpoint": "http://c:4318/otlp/"}, True),
+        ({"tracing.sampling_ratio": 1.5}, False),
+        ({"tracing.endpoint": "http://collector:4318?x=1"}, False),
+        ({"tracing.service_name": " "}, False),
+        ({"tracing.exporter": "otlp"}, False),
     ],
 )
 def test_schema_and_check_config_agree_on_known_cases(
@@ -714,7 +758,9 @@ def test_schema_and_check_config_agree_on_known_cases(
     assert verdicts(doc, files)[:2] == (accepted, accepted)
 
 
-@pytest.mark.parametrize("feature", ["passthrough", "git_branch", "cert_file", "ca_file", "admin"])
+@pytest.mark.parametrize(
+    "feature", ["passthrough", "git_branch", "cert_file", "ca_file", "admin", "sampling_ratio"]
+)
 def test_the_drawn_documents_include_valid_ones(files: Files, feature: str) -> None:
     """The property is not vacuous: among the drawn documents are valid ones with a passthrough
     team, a branch, TLS, a CA bundle and an admin listener."""

@@ -39,6 +39,7 @@ from workspace_proxy.tokens import (
     close_all,
     local_sessions,
 )
+from workspace_proxy.tracing import Tracer
 from workspace_proxy.upstream import Backend, Pool
 
 log = structlog.get_logger("workspace_proxy.app")
@@ -115,12 +116,19 @@ class Proxy:
     view: View = field(init=False)
     pool: Pool = field(init=False)
     http: aiohttp.ClientSession = field(init=False)
+    tracing: Tracer | None = field(default=None, init=False)
+    """OpenTelemetry tracing, when ``config.tracing`` turns it on (from ``start`` to ``stop``;
+    a reload does not change it)."""
     started: bool = False
 
     async def start(self) -> None:
         if self.link is not None:
             # Every logout of the instance is known here before the first caller is served.
             await self.link.start(self.revocations)
+        if self.config.tracing is not None:
+            from workspace_proxy.spans import Spans  # the SDK is imported only when tracing
+
+            self.tracing = Spans(self.config.tracing)
         self.http = upstream_session(self.config)
         self.pins = CallerPins(clock=self.clock)
         factory = self.providers(self.http, self.config, self.clock, self.sleep, self.metrics)
@@ -138,6 +146,9 @@ class Proxy:
         await self.http.close()
         if self.link is not None:
             await self.link.close()
+        tracing, self.tracing = self.tracing, None
+        if tracing is not None:
+            await asyncio.to_thread(tracing.shutdown)  # the spans still queued are exported
 
     def take_slot(self, team: TeamConfig) -> bool:
         """One of the team's ``max_concurrency`` slots, or False when they are all taken."""
@@ -168,7 +179,13 @@ class Proxy:
             )
         return View(
             config=config,
-            policy=Policy(config, auth, Looker.of(config), passthrough is not None),
+            policy=Policy(
+                config,
+                auth,
+                Looker.of(config),
+                passthrough is not None,
+                tracing=self.tracing is not None,
+            ),
             auth=auth,
             sessions=sessions,
             passthrough=passthrough,
@@ -213,6 +230,8 @@ class Proxy:
         )
         if (config.listen, config.admin) != (old.config.listen, old.config.admin):
             log.warning("listen_change_needs_restart")
+        if config.tracing != old.config.tracing:
+            log.warning("tracing_change_needs_restart")
         await close_all(retired, wait=True)
 
     def teams(self) -> Rows | None:

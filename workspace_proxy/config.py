@@ -51,6 +51,23 @@ BASE_URL: Final = (
 )
 """The shape of ``looker.base_url`` that ``_check_url`` accepts: http(s), a host, an optional
 port, no path, query or fragment (``_check_url`` also checks the port's range)."""
+OTLP_ENDPOINT: Final = (
+    r"[Hh][Tt][Tt][Pp][Ss]?://(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~-]+)"
+    r"(?::([0-9]{1,5}))?(?:/[^\s?#]*)?"
+)
+"""The shape of an OTLP/HTTP endpoint (``tracing.endpoint`` and the OTEL_EXPORTER_OTLP_
+variables): http(s), a host, an optional port and path, no query or fragment (check-config also
+checks the port's range)."""
+TRACE_SAMPLERS: Final = (
+    "parentbased_traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "traceidratio",
+    "always_on",
+    "always_off",
+)
+"""The values of OTEL_TRACES_SAMPLER the proxy knows; the ``traceidratio`` ones take their ratio
+from OTEL_TRACES_SAMPLER_ARG, else from ``tracing.sampling_ratio``."""
 SPEC: Final = "workspace_proxy.config.Spec"
 """The key of a field's :class:`Spec` in its metadata."""
 
@@ -284,6 +301,32 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Tracing:
+    """OpenTelemetry tracing: spans exported over OTLP/HTTP (protobuf). On when this block is
+    present (`tracing: {}` takes every default) or OTEL_EXPORTER_OTLP_ENDPOINT or
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT is set; off whatever else says when OTEL_SDK_DISABLED is
+    true or OTEL_TRACES_EXPORTER is none. Each standard OTEL_* variable that is set overrides
+    its key."""
+
+    endpoint: str = field(
+        default="http://localhost:4318", metadata=Spec(pattern=OTLP_ENDPOINT).meta
+    )
+    """Base URL of the OTLP/HTTP receiver (a collector or an agent): spans are sent to its
+    /v1/traces. OTEL_EXPORTER_OTLP_ENDPOINT overrides it; OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (the
+    full URL) overrides both."""
+    sampling_ratio: float = field(default=1.0, metadata=Spec(minimum=0, maximum=1).meta)
+    """Share of new traces recorded, from 0 to 1; a call whose caller sends a W3C traceparent
+    follows the caller's decision. OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG override
+    it."""
+    service_name: str = field(default="workspace-proxy", metadata=Spec(non_blank=True).meta)
+    """The spans' service.name; OTEL_SERVICE_NAME overrides it."""
+    traces_url: str = field(default="", metadata=Spec(yaml=False).meta)
+    """Where spans are sent: ``endpoint`` + /v1/traces, or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT."""
+    sampler: str = field(default=TRACE_SAMPLERS[0], metadata=Spec(yaml=False).meta)
+    """The sampler, named as OTEL_TRACES_SAMPLER names it (``sampling_ratio`` is its ratio)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Caller:
     """A client of a managed team: the credentials it logs in to the proxy with."""
 
@@ -367,6 +410,9 @@ class Config:
     """Proxy token lifetime (at least 120: spectacles renews 60 s early)."""
     log_level: str = field(default="info", metadata=Spec(choices=LOG_LEVELS).meta)
     """Least severe log level written."""
+    tracing: Tracing | None = field(default=None, metadata=Spec(nullable=True).meta)
+    """OpenTelemetry traces (OTLP/HTTP): one span per proxied call, with child spans for pins
+    and for the call to Looker. Off by default (null)."""
     source: str = field(default="<memory>", metadata=Spec(yaml=False).meta)
 
     def keeping_listeners(self, running: Config) -> Config:
@@ -899,6 +945,7 @@ def parse_config(raw: object, *, env: Env | None = None, source: str = "<memory>
                 if team is not None:
                     teams[team.name] = team
             _cross_checks(teams, problems)
+    tracing = _tracing(data.get("tracing"), env, problems)
     if problems.items or looker is None or key is None:
         raise ConfigError(problems.items or ["configuration is incomplete"])
     return Config(
@@ -911,6 +958,7 @@ def parse_config(raw: object, *, env: Env | None = None, source: str = "<memory>
         limits=limits,
         caller_token_ttl_s=ttl,
         log_level=log_level,
+        tracing=tracing,
         source=source,
     )
 
@@ -967,6 +1015,81 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+def _tracing(raw: object, env: Env, problems: _Problems) -> Tracing | None:
+    """The ``tracing`` block, then the standard OTEL_* variables that turn tracing on or off and
+    override its keys (an empty variable counts as unset, as OpenTelemetry's SDKs read them)."""
+    path, default = "tracing", Tracing()
+    data = {} if raw is None else _mapping(raw, path, _keys(Tracing), problems)
+    endpoint = default.endpoint
+    if "endpoint" in data:
+        endpoint = _otlp_url(data["endpoint"], _join(path, "endpoint"), problems) or endpoint
+    ratio = float(_setting(data, default, "sampling_ratio", path, problems))
+    service = data.get("service_name", default.service_name)
+    if not isinstance(service, str) or not service.strip():
+        problems.add(_join(path, "service_name"), "must be a non-empty string")
+    var = {name: env.get(name, "").strip() for name in _OTEL_VARIABLES}
+    wanted = raw is not None or var["OTEL_EXPORTER_OTLP_ENDPOINT"]
+    wanted = wanted or var["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+    exporter = var["OTEL_TRACES_EXPORTER"].lower()
+    if not wanted or var["OTEL_SDK_DISABLED"].lower() == "true" or exporter == "none":
+        return None
+    if exporter not in ("", "otlp"):
+        problems.add("OTEL_TRACES_EXPORTER", f"must be otlp or none, got {exporter!r}")
+    for name in ("OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"):
+        if var[name] not in ("", "http/protobuf"):
+            problems.add(name, f"must be http/protobuf (the proxy's exporter), got {var[name]!r}")
+    if var["OTEL_EXPORTER_OTLP_ENDPOINT"]:
+        base = var["OTEL_EXPORTER_OTLP_ENDPOINT"]
+        endpoint = _otlp_url(base, "OTEL_EXPORTER_OTLP_ENDPOINT", problems) or endpoint
+    url = endpoint.rstrip("/") + "/v1/traces"
+    if var["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]:
+        full = var["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        url = _otlp_url(full, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", problems) or url
+    sampler = var["OTEL_TRACES_SAMPLER"].lower() or default.sampler
+    if sampler not in TRACE_SAMPLERS:
+        problems.add("OTEL_TRACES_SAMPLER", f"must be one of {', '.join(TRACE_SAMPLERS)}")
+    if var["OTEL_TRACES_SAMPLER_ARG"] and sampler.endswith("traceidratio"):
+        try:
+            ratio = float(var["OTEL_TRACES_SAMPLER_ARG"])
+        except ValueError:
+            ratio = math.nan
+        if not 0 <= ratio <= 1:
+            problems.add("OTEL_TRACES_SAMPLER_ARG", "must be a number from 0 to 1")
+    return Tracing(
+        endpoint=endpoint,
+        sampling_ratio=ratio,
+        service_name=var["OTEL_SERVICE_NAME"] or str(service),
+        traces_url=url,
+        sampler=sampler,
+    )
+
+
+_OTEL_VARIABLES: Final = (
+    "OTEL_SDK_DISABLED",
+    "OTEL_TRACES_EXPORTER",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_SERVICE_NAME",
+)
+"""The standard variables ``_tracing`` reads; the SDK itself reads the exporter's others
+(OTEL_EXPORTER_OTLP_HEADERS, _CERTIFICATE, _TIMEOUT, _COMPRESSION, OTEL_BSP_*, ...)."""
+
+
+def _otlp_url(value: object, path: str, problems: _Problems) -> str | None:
+    match = re.fullmatch(OTLP_ENDPOINT, value) if isinstance(value, str) else None
+    if match is None:
+        problems.add(path, "must be an http(s) URL with a host, and no query or fragment")
+        return None
+    if match[1] is not None and int(match[1]) > 65535:
+        problems.add(path, f"has an invalid port: {value!r}")
+        return None
+    return str(value)
+
+
 def load_config(path: str | os.PathLike[str], *, env: Env | None = None) -> Config:
     """Read and validate a YAML config file; every problem is reported in one ConfigError."""
     source = os.fspath(path)
@@ -1003,4 +1126,10 @@ def summary(config: Config) -> str:
         else:
             who = "callers: " + ", ".join(c.client_id for c in team.callers)
         lines.append(f"  team {team.name}: workspace {team.workspace}{branch}; {who}")
+    if config.tracing is not None:
+        t = config.tracing
+        lines.append(
+            f"  tracing: OTLP/HTTP to {t.traces_url}, sampler {t.sampler} "
+            f"(ratio {t.sampling_ratio:g}), service {t.service_name}"
+        )
     return "\n".join(lines)

@@ -83,6 +83,8 @@ class Head:
     """The Authorization values."""
     connection: tuple[bytes, ...] = ()
     """The Connection values (the names they list are hop-by-hop)."""
+    trace_context: tuple[tuple[bytes, bytes], ...] = ()
+    """The W3C trace context lines (traceparent, tracestate), name lower-cased, as sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +220,9 @@ class Policy:
     looker: Looker
     passthrough: bool
     """Some team is in passthrough mode: tokens that are not ours are Looker's."""
+    tracing: bool = False
+    """The proxy traces: the caller's trace context is not forwarded (``headers``), Looker gets
+    the proxy's own (``leg``)."""
     memo: dict[tuple[object, ...], tuple[Principal | None, Forward | Resolve]] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -254,7 +259,7 @@ def _sent(base_path: str, route: Route, target: Target) -> bytes:
 
 def decide(head: Head, peer: Peer, policy: Policy) -> Decision:
     """What to do with a request (see the module docstring)."""
-    key = _memo_key(head, peer)
+    key = _memo_key(head, peer, policy)
     memo = policy.memo
     known = memo.get(key)
     if known is not None:
@@ -272,8 +277,11 @@ def decide(head: Head, peer: Peer, policy: Policy) -> Decision:
     return decision
 
 
-def _memo_key(head: Head, peer: Peer) -> tuple[object, ...]:
-    return (head.method, head.target, tuple(head.headers), head.length, head.chunked, peer.lines)
+def _memo_key(head: Head, peer: Peer, policy: Policy) -> tuple[object, ...]:
+    lines = tuple(head.headers)
+    if policy.tracing and head.trace_context:  # a forward does not depend on them then
+        lines = tuple(h for h in lines if not headers.trace_context(h[0]))
+    return (head.method, head.target, lines, head.length, head.chunked, peer.lines)
 
 
 def _remember(memo: dict[tuple[object, ...], T], key: tuple[object, ...], value: T) -> None:
@@ -323,7 +331,7 @@ def decide_pinned(
     its ``id`` is only trusted when the remembered object is this one)."""
     if pinned.sealed is None:
         return _decide_pinned(head, peer, policy, resolve, pinned)
-    key = _memo_key(head, peer)
+    key = _memo_key(head, peer, policy)
     pinned_key = (*key, id(pinned))
     known = policy.pinned_memo.get(pinned_key)
     if known is not None and known[0] is pinned:
@@ -405,8 +413,9 @@ def _forward(
     key: SessionKey | None,
 ) -> Forward:
     """The request Looker gets, built from what was decided: the classified target, the
-    caller's headers minus everything ``headers.dropped_upstream`` drops, Looker's Host, the
-    body's framing and the proxy's own X-Forwarded-*."""
+    caller's headers minus everything ``headers.dropped_upstream`` drops (and their trace
+    context while the proxy traces), Looker's Host, the body's framing and the proxy's own
+    X-Forwarded-*."""
     looker = policy.looker
     sent = _sent(looker.base_path, route, target)
     limits = policy.config.limits
@@ -425,8 +434,10 @@ def _forward(
         body = Body.STREAM
     lines = [head.method, b" ", sent, b" HTTP/1.1\r\nHost: ", looker.host_header, _CRLF]
     named = headers.named_in_connection(head.connection) if head.connection else _NONE
+    tracing = policy.tracing
     for name, value in head.headers:
-        if not headers.dropped_upstream(name, named):
+        dropped = headers.dropped_upstream(name, named)
+        if not dropped and not (tracing and headers.trace_context(name)):
             lines += (name, b": ", value, _CRLF)
     if chunked:
         lines.append(b"Transfer-Encoding: chunked\r\n")

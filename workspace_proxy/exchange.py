@@ -46,10 +46,12 @@ from workspace_proxy.http1 import QUEUE_BYTES, Ans, Connection, Request
 from workspace_proxy.leg import Leg
 from workspace_proxy.local import act, form_of, login
 from workspace_proxy.outcome import Outcome
+from workspace_proxy.tracing import within
 
 if TYPE_CHECKING:
     from workspace_proxy.app import Proxy
     from workspace_proxy.passthrough import Pinned
+    from workspace_proxy.tracing import CallTrace
 
 log = structlog.get_logger("workspace_proxy.exchange")
 T = TypeVar("T")
@@ -107,10 +109,15 @@ class Exchange:
         self.recorded = False
         self.slot: str | None = None
         self.task: asyncio.Task[Any] | None = None
+        self.trace: CallTrace | None = None
+        """The request's span while tracing is on (``tracing``); None otherwise."""
 
     # --- decision -----------------------------------------------------------------------------
     def start(self) -> None:
         self.outcome.bytes_in = self.buffered
+        tracing = self.app.tracing
+        if tracing is not None:
+            self.trace = tracing.call(self.req)
         self._decided(decide(self.req.head, self.peer, self.view.policy))
 
     def _decided(self, decision: Decision) -> None:
@@ -224,7 +231,11 @@ class Exchange:
             self._take_slot(need.team)
         elif isinstance(need, Session):
             provider = self.view.provider(need.key)
-            session = provider.ready()
+            trace = self.trace  # (a refresh it starts is the recorded request's child)
+            if trace is None or not trace.recording:
+                session = provider.ready()
+            else:
+                session = within(trace, provider.ready)
             if session is not None:
                 self._advance(session)
             else:
@@ -342,7 +353,11 @@ class Exchange:
     def run(self, work: Coroutine[Any, Any, T], then: Callable[[T], None]) -> None:
         """Run ``work`` as the exchange's task; ``then`` gets its result, errors end the
         request with their answer."""
-        task = self.loop.create_task(work)
+        trace = self.trace
+        if trace is None:
+            task = self.loop.create_task(work)
+        else:  # its pins and Looker calls are the request's child spans
+            task = self.loop.create_task(work, context=trace.context())
         self.task = task
 
         def landed(done: asyncio.Task[T]) -> None:
@@ -436,3 +451,5 @@ class Exchange:
         self.recorded = True
         self.outcome.bytes_out = self.req.bytes_out
         self.outcome.finish(self.app.metrics)
+        if self.trace is not None:
+            self.trace.finish(self.outcome)

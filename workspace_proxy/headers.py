@@ -9,6 +9,13 @@ about the caller's address or route (``X-Real-IP``, ``Via``, ``Max-Forwards``, .
 incoming ``Forwarded`` or ``X-Forwarded-*``. The decision (``decide``) then adds Looker's Host,
 the framing, the pinned session and its own ``X-Forwarded-For``/``-Proto``/``-Host``.
 
+The caller's W3C trace context (``traceparent``, ``tracestate``; ``trace_context``) follows a
+rule of its own. With tracing off the proxy takes no part in traces and passes both on
+unchanged, as W3C Trace Context asks of a hop that does not trace. With tracing on, both are
+dropped (any case, any number of them) and the proxy sends its own ``traceparent`` (the span of
+its call to Looker, in the caller's trace when the caller sent a valid one) and the caller's
+``tracestate`` carried in it: Looker never gets two trace contexts, nor the caller's unchecked.
+
 Towards the caller (``passes_downstream``): hop-by-hop headers and those Looker's ``Connection``
 names are dropped; everything else from Looker is passed on. Pure functions, no I/O.
 """
@@ -72,7 +79,12 @@ _CALLER_ONLY: Final = frozenset(
 )
 ADDED: Final = 6
 """Headers the proxy may add to a request (Host when the caller sent none, Authorization,
-Content-Length, X-Forwarded-For/-Proto/-Host): counted in ``limits.max_headers``."""
+Content-Length, X-Forwarded-For/-Proto/-Host): counted in ``limits.max_headers``. With tracing
+on it also sends ``traceparent`` (and ``tracestate`` only in place of the caller's): the bound
+still holds, since the proxy adds an Authorization only in place of the caller's own, and a
+call without one gets none."""
+TRACE_CONTEXT: Final = frozenset({b"traceparent", b"tracestate"})
+"""The W3C trace context headers (see the module docstring)."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -112,6 +124,12 @@ def dropped_upstream(name: bytes, named: frozenset[bytes]) -> bool:
     return _always_dropped(name) or (bool(named) and canonical(name) in named)
 
 
+@functools.lru_cache(maxsize=1024)
+def trace_context(name: bytes) -> bool:
+    """Whether a header is W3C trace context (dropped towards Looker while the proxy traces)."""
+    return name.strip().lower() in TRACE_CONTEXT
+
+
 @functools.lru_cache(maxsize=4096)
 def hop_by_hop(name: bytes) -> bool:
     """Whether a header name is hop-by-hop (never passed on in either direction)."""
@@ -125,7 +143,7 @@ def passes_downstream(name: bytes, named: frozenset[bytes]) -> bool:
 
 
 # What the transport needs to know about a header, by its raw name (cached: names repeat).
-OTHER, HOST, LENGTH, TE, EXPECT, AUTH, RID, CONNECTION, HOP = range(9)
+OTHER, HOST, LENGTH, TE, EXPECT, AUTH, RID, CONNECTION, HOP, TRACE = range(10)
 _KINDS: Final = {
     b"host": HOST,
     b"content-length": LENGTH,
@@ -134,6 +152,8 @@ _KINDS: Final = {
     b"authorization": AUTH,
     b"x-request-id": RID,
     b"connection": CONNECTION,
+    b"traceparent": TRACE,
+    b"tracestate": TRACE,
 }
 
 

@@ -67,11 +67,20 @@ class Leg:
         self.asked_head = self.req.head.method == b"HEAD"
         self.seen = 0.0
         self.sent_at = 0.0
+        self.trace = exchange.trace
+        self.traced = b""
+        """The lines that name this trip's span to Looker (``traceparent``) while tracing."""
 
     # --- sending ------------------------------------------------------------------------------
     def go(self, session: PinnedSession | None) -> None:
         """Send the request under ``session`` on a pooled connection, or a new one."""
         self.session = session
+        if self.trace is not None:
+            generation = None if session is None else session.generation
+            replay = self.exchange.outcome.replayed
+            self.traced = self.trace.upstream(
+                self.req.head.method, self.forward.route, generation, replay
+            )
         conn = self.pool.take()
         if conn is not None:
             self._attach(conn)
@@ -98,7 +107,9 @@ class Leg:
         exchange.sent()
         session = self.session
         auth = b"" if session is None else _authorization(session.token.reveal())
-        data = [forward.head, auth, _CRLF]
+        data = (
+            [forward.head, auth, self.traced, _CRLF] if self.traced else [forward.head, auth, _CRLF]
+        )
         if forward.body is not Body.NONE:
             data += self._framed(exchange.body)
             self.body_sent = exchange.buffered
@@ -146,6 +157,8 @@ class Leg:
 
     def drop(self) -> None:
         """Give the connection up (its state is unknown, or its answer is discarded)."""
+        if self.trace is not None:
+            self.trace.upstream_end(self.status)
         conn, self.upstream = self.upstream, None
         if conn is not None:
             conn.drop()
@@ -188,6 +201,8 @@ class Leg:
 
     def upstream_done(self, conn: Upstream) -> None:
         self.upstream = None
+        if self.trace is not None:
+            self.trace.upstream_end(self.status)
         if not self.req.complete or self.body_sent < (self.forward.length or 0):
             conn.reusable = False  # Looker answered before the whole body was sent
         if self.up_paused:
@@ -199,6 +214,8 @@ class Leg:
 
     def upstream_lost(self, conn: Upstream) -> None:
         self.upstream = None
+        if self.trace is not None:
+            self.trace.upstream_end(self.status, "upstream_broken")
         if (
             not self.head_out
             and self.reused
@@ -247,6 +264,8 @@ class Leg:
             return
         if self.upstream is None or not backend.read_s or now - self.seen < backend.read_s:
             return
+        if self.trace is not None:
+            self.trace.upstream_end(self.status, "upstream_timeout")
         self.drop()
         if self.head_out:
             self.exchange.looker_cut("upstream_timeout")

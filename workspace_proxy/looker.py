@@ -1,7 +1,9 @@
 """LookerClient: the proxy's own calls to Looker — login, pin the workspace, verify, logout.
 
 Each failure becomes a LoginFailed or PinFailed with a ``kind`` (bounded, for metrics) and a
-reason safe to show callers. Tokens travel as Secret; nothing here logs or echoes them.
+reason safe to show callers. Tokens travel as Secret; nothing here logs or echoes them. Each
+call is a child span of the pin or request being traced (``tracing.child``, named ``looker
+{METHOD} {path}`` with ids left out) and sends Looker its ``traceparent``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from workspace_proxy import tracing
 from workspace_proxy.config import LookerConfig, Secret
 from workspace_proxy.errors import LoginFailed, PinFailed, SessionUnavailable, Unauthenticated
 
@@ -80,40 +83,44 @@ class LookerClient:
         form: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
         answered: str | None = None,
+        span: str | None = None,
     ) -> dict[str, Any]:
         """One session-management call: 200 and a JSON object, or ``error`` saying why.
 
         ``kind`` names a non-200 status for metrics; 401 on a token raises Unauthenticated when
         ``kind`` says ``"unauthenticated"``. ``answered`` names the call in "Looker answered ..."
-        (default ``what``)."""
-        headers = {"Accept": "application/json"}
-        if token is not None:
-            headers["Authorization"] = auth_header(token)
-        data: object = form
-        if payload is not None:
-            headers["Content-Type"] = "application/json"
-            data = json.dumps(payload)
-        try:
-            async with self._http.request(
-                method,
-                f"{self._api}{path}",
-                data=data,
-                params=params,
-                headers=headers,
-                timeout=self._timeout,
-                ssl=self._ssl,
-            ) as resp:
-                if resp.status != 200:
-                    if kind(resp.status) == "unauthenticated":
-                        raise Unauthenticated()
-                    raise error(
-                        f"Looker answered {answered or what} with HTTP {resp.status}",
-                        retry_after=retry_after_seconds(resp.headers.get("Retry-After")) or 0.0,
-                        kind=kind(resp.status),
-                    )
-                return await _json_body(resp, error, what)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _unreachable(error, what, exc) from None
+        (default ``what``); ``span`` names the call's span (default ``{method} {path}``)."""
+        name = f"looker {span or f'{method} {path}'}"
+        with tracing.child(name, {tracing.METHOD: method}) as step:
+            headers = {"Accept": "application/json", **step.headers()}
+            if token is not None:
+                headers["Authorization"] = auth_header(token)
+            data: object = form
+            if payload is not None:
+                headers["Content-Type"] = "application/json"
+                data = json.dumps(payload)
+            try:
+                async with self._http.request(
+                    method,
+                    f"{self._api}{path}",
+                    data=data,
+                    params=params,
+                    headers=headers,
+                    timeout=self._timeout,
+                    ssl=self._ssl,
+                ) as resp:
+                    step.answered(resp.status)
+                    if resp.status != 200:
+                        if kind(resp.status) == "unauthenticated":
+                            raise Unauthenticated()
+                        raise error(
+                            f"Looker answered {answered or what} with HTTP {resp.status}",
+                            retry_after=retry_after_seconds(resp.headers.get("Retry-After")) or 0.0,
+                            kind=kind(resp.status),
+                        )
+                    return await _json_body(resp, error, what)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise _unreachable(error, what, exc) from None
 
     async def login(self, client_id: Secret, client_secret: Secret) -> LookerToken:
         form = {"client_id": client_id.reveal(), "client_secret": client_secret.reveal()}
@@ -135,6 +142,7 @@ class LookerClient:
             f"/login/{quote(user_id, safe='')}",
             what="sudo login",
             answered=f"sudo to user {user_id!r}",
+            span="POST /login/{user_id}",
             error=LoginFailed,
             kind=lambda status: (
                 f"sudo_{status}" if status in (400, 401, 403, 404) else _failure_kind(status)
@@ -176,6 +184,7 @@ class LookerClient:
             kind=lambda status: f"branch_{status}",
             token=token,
             payload={"name": branch},
+            span="PUT git_branch",
         )
         if answer.get("name") != branch:
             raise PinFailed(
@@ -227,6 +236,7 @@ class LookerClient:
                 "GET",
                 f"/projects/{quote(project, safe='')}/git_branch",
                 what=f"GET /projects/{project}/git_branch",
+                span="GET git_branch",
                 error=PinFailed,
                 kind=lambda status: "unauthenticated" if status == 401 else f"branch_{status}",
                 token=token,
@@ -246,16 +256,19 @@ class LookerClient:
 
     async def logout(self, token: Secret) -> bool:
         """Best effort DELETE /logout; True when Looker confirmed."""
-        try:
-            async with self._http.delete(
-                f"{self._api}/logout",
-                headers={"Authorization": auth_header(token)},
-                timeout=self._timeout,
-                ssl=self._ssl,
-            ) as resp:
-                return resp.status in (200, 204)
-        except (aiohttp.ClientError, TimeoutError):
-            return False
+        with tracing.child("looker DELETE /logout", {tracing.METHOD: "DELETE"}) as step:
+            try:
+                async with self._http.delete(
+                    f"{self._api}/logout",
+                    headers={"Authorization": auth_header(token), **step.headers()},
+                    timeout=self._timeout,
+                    ssl=self._ssl,
+                ) as resp:
+                    step.answered(resp.status)
+                    return resp.status in (200, 204)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                step.set(tracing.OUTCOME, type(exc).__name__)
+                return False
 
 
 def _access_token(body: dict[str, Any]) -> LookerToken:

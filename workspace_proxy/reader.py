@@ -213,6 +213,8 @@ class Reader:
                 req.rid = value.decode("latin-1")
             elif kind == headers.CONNECTION:
                 head.connection += (value,)
+            elif kind == headers.TRACE:
+                head.trace_context += ((name.lower(), value),)
 
     def on_headers_complete(self) -> None:
         req = self.parsing

@@ -50,6 +50,8 @@ NOT_IN_SCHEMA: Final = (
     "caller client ids are unique across all teams",
     "a passthrough team's Looker client id is no caller id, and no other team's",
     "teams sharing a Looker API user agree on the workspace and git branch",
+    "tracing.endpoint's port is at most 65535, and the OTEL_* variables that turn tracing on "
+    "or off and override its keys are valid",
 )
 """What check-config checks and a JSON Schema cannot say."""
 _NON_BLANK: Final = r"\S"

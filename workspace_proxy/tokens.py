@@ -5,7 +5,8 @@ PATCHed ``/session`` to the team's workspace and verified it (and, for a team th
 branch, checked out and verified that branch), so nothing can ever observe a token between login
 and pin. Logins are single-flight per team; refresh happens ahead of expiry in the
 background while in-flight and new requests keep using the old, still valid, pinned session.
-Knows nothing of web requests.
+Each attempt is a ``pin`` span (``tracing.child``) when a traced request started it; its Looker
+calls are its children. Knows nothing of web requests.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Final, Protocol
 
 import structlog
 
+from workspace_proxy import tracing
 from workspace_proxy.config import Retry, Secret, TeamConfig
 from workspace_proxy.errors import SessionUnavailable
 from workspace_proxy.fixes import fix_for, permanent_wait
@@ -235,8 +237,17 @@ class TeamSession:
         """One attempt: login, PATCH, verify (and checkout); published on success, else the
         next attempt is scheduled."""
         self._attempts += 1
+        team = self.team
+        about: tracing.Attributes = {
+            tracing.TEAM: team.name,
+            tracing.WORKSPACE: team.workspace,
+            tracing.REASON: reason,
+            tracing.ATTEMPT: self._attempts,
+        }
         try:
-            session = await self._pin_once(reason)
+            with tracing.child("pin", about, client=False) as step:
+                session = await self._pin_once(reason)
+                step.set(tracing.GENERATION, session.generation)
         except SessionUnavailable as exc:
             fix = fix_for(self.team, exc.kind)
             if fix is None:
