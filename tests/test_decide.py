@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from workspace_proxy import headers as rules
 from workspace_proxy.auth import CallerAuth
 from workspace_proxy.config import Config, Secret, parse_config
-from workspace_proxy.decide import (
-    SMALL_BODY,
+from workspace_proxy.decide import SMALL_BODY, decide, decide_patch, decide_pinned
+from workspace_proxy.decision import (
     Act,
     Body,
     Caller,
@@ -32,9 +32,6 @@ from workspace_proxy.decide import (
     Policy,
     Refuse,
     Resolve,
-    decide,
-    decide_patch,
-    decide_pinned,
 )
 from workspace_proxy.errors import Forbidden, Invalid, ProxyError, Unauthenticated, answer
 from workspace_proxy.passthrough import Pinned

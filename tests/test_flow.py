@@ -8,7 +8,7 @@ from typing import Final
 import pytest
 
 from workspace_proxy.config import Secret
-from workspace_proxy.decide import Body, Forward, Managed, SessionKey
+from workspace_proxy.decision import Body, Forward, Managed, SessionKey
 from workspace_proxy.errors import LookerUnavailable, SessionUnavailable, TooManyRequests
 from workspace_proxy.flow import Flow, Replace, Send, Session, Slot, forward_flow
 from workspace_proxy.tokens import PinnedSession

@@ -150,7 +150,7 @@ async def test_switching_workspace_is_refused_and_logout_ends_the_looker_session
         "PATCH", "/api/4.0/session", sealed, json={"workspace_id": "production"}
     )
     assert resp.status == 403
-    for _ in range(2):  # the second is decided from memory (decide.Policy.memo)
+    for _ in range(2):  # the second is decided from memory (decision.Policy.memo)
         resp = await pt_proxy.call("GET", "/api/4.0/user", sealed)
         assert resp.status == 200
     resp = await pt_proxy.call("DELETE", "/api/logout", sealed)

@@ -20,7 +20,7 @@ from aiohttp import web
 from workspace_proxy.auth import CallerAuth
 from workspace_proxy.callerpins import CallerPins
 from workspace_proxy.config import Config, TeamConfig
-from workspace_proxy.decide import Caller, Looker, Managed, Policy, SessionKey
+from workspace_proxy.decision import Caller, Looker, Managed, Policy, SessionKey
 from workspace_proxy.firstsight import Check, Recheck, looker_check
 from workspace_proxy.looker import LookerClient
 from workspace_proxy.metrics import CONTENT_TYPE_LATEST, Metrics

@@ -20,20 +20,8 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import aiohttp
 import structlog
 
-from workspace_proxy.decide import (
-    SMALL_BODY,
-    Act,
-    Body,
-    Decision,
-    Forward,
-    Local,
-    Peer,
-    Refuse,
-    Resolve,
-    decide,
-    decide_patch,
-    decide_pinned,
-)
+from workspace_proxy.decide import SMALL_BODY, decide, decide_patch, decide_pinned
+from workspace_proxy.decision import Act, Body, Decision, Forward, Local, Peer, Refuse, Resolve
 from workspace_proxy.errors import (
     BadRequest,
     LookerUnavailable,

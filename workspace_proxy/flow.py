@@ -21,7 +21,7 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Final
 
-from workspace_proxy.decide import Body, Forward, SessionKey
+from workspace_proxy.decision import Body, Forward, SessionKey
 from workspace_proxy.errors import SessionUnavailable
 from workspace_proxy.tokens import PinnedSession
 

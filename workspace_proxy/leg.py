@@ -16,7 +16,7 @@ import structlog
 
 from workspace_proxy import headers
 from workspace_proxy.config import Secret
-from workspace_proxy.decide import Body, Forward
+from workspace_proxy.decision import Body, Forward
 from workspace_proxy.errors import LookerUnavailable
 from workspace_proxy.looker import auth_header
 from workspace_proxy.tokens import PinnedSession

@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl
 import structlog
 
 from workspace_proxy.auth import IssuedToken
-from workspace_proxy.decide import Act, Caller, Local
+from workspace_proxy.decision import Act, Caller, Local
 from workspace_proxy.errors import BadRequest, Forbidden, LoginRefused
 
 if TYPE_CHECKING:

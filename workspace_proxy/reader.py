@@ -16,7 +16,7 @@ import structlog
 
 from workspace_proxy import headers
 from workspace_proxy.config import Limits
-from workspace_proxy.decide import Head
+from workspace_proxy.decision import Head
 from workspace_proxy.errors import BadRequest, ProxyError
 from workspace_proxy.outcome import request_id
 

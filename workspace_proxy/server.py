@@ -14,7 +14,7 @@ import time
 from typing import Final
 
 from workspace_proxy.app import Proxy
-from workspace_proxy.decide import Peer
+from workspace_proxy.decision import Peer
 from workspace_proxy.errors import ProxyError
 from workspace_proxy.exchange import Exchange
 from workspace_proxy.http1 import KEEPALIVE_S, Connection, Request
