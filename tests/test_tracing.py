@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 import pytest
-from harness import Proxy, raw_http
+from harness import Proxy, access_lines, raw_http
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -282,6 +282,39 @@ async def test_sampling_follows_the_ratio_and_the_callers_decision(
     assert int(own[3], 16) & 1 == 0  # not sampled: Looker need not record it either
     assert (theirs[1], int(theirs[3], 16) & 1) == ("1" * 32, 0)
     assert one(otlp.spans, "looker GET user").named_by("-".join(sampled))
+
+
+async def test_each_access_line_names_its_trace_sampled_or_not(
+    spy: SpyLooker, make_proxy: MakeProxy, otlp: OtlpReceiver
+) -> None:
+    """Logs meet traces: while tracing is on, each access line carries its call's trace id (the
+    caller's when it sent one, the one the proxy started otherwise), recorded or not; the id of
+    a recorded call is the one its exported span has. Tracing off: no such key (the other
+    tests' lines)."""
+    proxy = await make_proxy(spy, **traced(otlp, sampling_ratio=0))
+    token = await proxy.login("analytics")
+    unsampled_parent = f"00-{'1' * 32}-{CALLER_SPAN}-00"
+    with access_lines() as lines:
+        for headers in ({}, {"traceparent": unsampled_parent}, {"traceparent": CALLER_PARENT}):
+            assert (await proxy.call("GET", "/api/4.0/user", token, headers=headers)).status == 200
+    await flushed(proxy)
+    own, theirs, sampled = (line["trace_id"] for line in lines)
+    assert (theirs, sampled) == ("1" * 32, CALLER_TRACE)
+    assert len(own) == 32
+    assert int(own, 16)
+    assert own not in (theirs, sampled)
+    (sent,) = headers_named(
+        next(raw for m, p, raw in spy.seen if p == "/api/4.0/user"), b"traceparent"
+    )
+    assert sent.split("-")[1] == own, "the id Looker was told is the one logged"
+    assert one(otlp.spans, "GET user").trace_id == sampled
+
+    untraced = await make_proxy(spy)
+    token = await untraced.login("analytics")
+    with access_lines() as lines:
+        assert (await untraced.call("GET", "/api/4.0/user", token)).status == 200
+    assert len(lines) == 1
+    assert "trace_id" not in lines[0]
 
 
 async def test_the_callers_trace_context_does_not_defeat_the_decision_memo(

@@ -606,6 +606,37 @@ async def test_access_lines_are_written_in_batches_at_most_a_moment_late() -> No
     assert len(writes) == 2
 
 
+def test_the_written_access_line_is_json_with_the_trace_id_only_while_tracing() -> None:
+    """The JSON the stream gets (written by hand for speed) parses, and has ``trace_id`` only
+    when the call has one."""
+    stream = io.StringIO()
+    log.configure("info", stream=stream, json=True)
+    try:
+        access_line("plain")
+        log.access(
+            request_id="traced",
+            team="analytics",
+            method="GET",
+            route="user",
+            status=200,
+            bytes_in=0,
+            bytes_out=2,
+            duration_ms=0.1,
+            session="1:abcd",
+            replayed=False,
+            outcome=None,
+            trace_id="4bf92f3577b34da6a3ce929d0e0e4736",
+        )
+    finally:
+        log.access.stream = None
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()
+    plain, traced = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert "trace_id" not in plain
+    assert traced["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert (traced["event"], traced["session"], traced["outcome"]) == ("request", "1:abcd", None)
+
+
 # --- issue 16's proof: one head for every kind of call --------------------------------------------
 
 SPY_TEAMS: Final = {

@@ -106,6 +106,7 @@ class Exchange:
         tracing = self.app.tracing
         if tracing is not None:
             self.trace = tracing.call(self.req)
+            self.outcome.trace_id = self.trace.trace_id
         self._decided(decide(self.req.head, self.peer, self.view.policy))
 
     def _decided(self, decision: Decision) -> None:

@@ -115,6 +115,7 @@ class _AccessLog:
         session: str | None,
         replayed: bool,
         outcome: str | None,
+        trace_id: str | None = None,
     ) -> None:
         if not self.enabled:
             return
@@ -132,10 +133,12 @@ class _AccessLog:
                 session=session,
                 replayed=replayed,
                 outcome=outcome,
+                **({} if trace_id is None else {"trace_id": trace_id}),
             )
             return
         if not request_id.isalnum():
             request_id = _scrub(request_id)  # (a token sent as X-Request-Id is cut out)
+        trace = "" if trace_id is None else f', "trace_id": "{trace_id}"'  # (hex digits)
         line = (
             f'{{"request_id": "{request_id}", '
             f'"team": {"null" if team is None else _json_text(team)}, '
@@ -145,6 +148,7 @@ class _AccessLog:
             f'"session": {"null" if session is None else _json_text(session)}, '
             f'"replayed": {"true" if replayed else "false"}, '
             f'"outcome": {"null" if outcome is None else _json_text(outcome)}'
+            f"{trace}"
             f'{self._tail}{self._timestamp()}"}}\n'
         )
         if self.batch_s is None:

@@ -40,6 +40,7 @@ class Outcome:
         "started",
         "status",
         "team",
+        "trace_id",
     )
 
     def __init__(self, rid: str, method: str, started: float) -> None:
@@ -56,6 +57,8 @@ class Outcome:
         """``generation:fingerprint`` of the Looker session used; never a token."""
         self.replayed = False
         self.kind: str | None = None
+        self.trace_id: str | None = None
+        """The W3C trace id of the request's span while tracing is on (logs meet traces)."""
         """Why the call ended as it did, when not simply answered (``caller_gone``, ...)."""
 
     def finish(self, metrics: Metrics) -> None:
@@ -74,4 +77,5 @@ class Outcome:
             session=self.session,
             replayed=self.replayed,
             outcome=self.kind,
+            trace_id=self.trace_id,
         )

@@ -132,7 +132,7 @@ class _Step:
 class _Call:
     """A request's span (``tracing.CallTrace``)."""
 
-    __slots__ = ("_base", "_generation", "_lines", "_spans", "_up", "recording", "span")
+    __slots__ = ("_base", "_generation", "_lines", "_spans", "_up", "recording", "span", "trace_id")
 
     def __init__(self, spans: Spans, req: Request) -> None:
         self._spans = spans
@@ -145,6 +145,7 @@ class _Call:
             start_time=now - max(0, waited),
         )
         self.recording = self.span.is_recording()
+        self.trace_id = format(self.span.get_span_context().trace_id, "032x")
         self._lines = b""
         """The trace context lines of an unrecorded call (the same for each of its trips)."""
         self._base: contextvars.Context | None = None

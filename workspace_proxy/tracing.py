@@ -64,6 +64,9 @@ class CallTrace(Protocol):
 
     recording: bool
     """The span is recorded (sampled); an unrecorded one costs as little as it can."""
+    trace_id: str
+    """Its W3C trace id (32 lowercase hex digits; the caller's when it sent a traceparent),
+    written in the access line whether or not the span is recorded."""
 
     def context(self) -> contextvars.Context:
         """A new context where the tracer is ``ACTIVE`` and this span is the current one."""
