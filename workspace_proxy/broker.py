@@ -21,7 +21,7 @@ from workspace_proxy.flight import SingleFlight
 from workspace_proxy.manager import TokenManager
 from workspace_proxy.metrics import Metrics
 from workspace_proxy.session import Clock, PinnedSession, ProviderFactory, Sleep
-from workspace_proxy.tokens import State, Status
+from workspace_proxy.status import State, Status
 
 _RECHECK_S: Final = 1.0
 """After the broker's refresh time, a worker asks at most this often until a new session lands."""

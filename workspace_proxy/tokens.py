@@ -37,8 +37,6 @@ from workspace_proxy.session import (
 )
 from workspace_proxy.status import State, Status
 
-__all__ = ["State", "Status"]  # (re-exported: where a team's session stands)
-
 log = structlog.get_logger("workspace_proxy.tokens")
 
 
