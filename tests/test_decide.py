@@ -36,7 +36,7 @@ from workspace_proxy.decision import (
 from workspace_proxy.errors import Forbidden, Invalid, ProxyError, Unauthenticated, answer
 from workspace_proxy.passthrough import Pinned
 from workspace_proxy.sealed import SealedSession
-from workspace_proxy.tokens import PinnedSession
+from workspace_proxy.session import PinnedSession
 
 LOOKER_URL: Final = "http://looker.test:19999"
 LOOKER_HOST: Final = b"looker.test:19999"

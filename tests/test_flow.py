@@ -11,7 +11,7 @@ from workspace_proxy.config import Secret
 from workspace_proxy.decision import Body, Forward, Managed, SessionKey
 from workspace_proxy.errors import LookerUnavailable, SessionUnavailable, TooManyRequests
 from workspace_proxy.flow import Flow, Replace, Send, Session, Slot, forward_flow
-from workspace_proxy.tokens import PinnedSession
+from workspace_proxy.session import PinnedSession
 
 KEY: Final = Managed("analytics")
 HEAD: Final = b"GET /api/4.0/user HTTP/1.1\r\nHost: looker.test\r\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from workspace_proxy.metrics import Metrics
-from workspace_proxy.tokens import State, Status
+from workspace_proxy.status import State, Status
 
 
 def _samples(text: str, name: str) -> dict[str, float]:

@@ -23,22 +23,16 @@ from workspace_proxy.config import Config, TeamConfig
 from workspace_proxy.decision import Caller, Looker, Managed, Policy, SessionKey
 from workspace_proxy.firstsight import Check, Recheck, looker_check
 from workspace_proxy.looker import LookerClient
+from workspace_proxy.manager import TokenManager, close_all
 from workspace_proxy.metrics import CONTENT_TYPE_LATEST, Metrics
 from workspace_proxy.passthrough import CallerSession, Passthrough
 from workspace_proxy.revocations import Revocations
 from workspace_proxy.sealed import Sealer
+from workspace_proxy.session import Clock, ProviderFactory, SessionProvider, Sleep
 from workspace_proxy.sharing import WorkerLink
 from workspace_proxy.status import Status, readiness
-from workspace_proxy.tokens import (
-    Clock,
-    ProviderFactory,
-    SessionProvider,
-    Sleep,
-    SudoSessions,
-    TokenManager,
-    close_all,
-    local_sessions,
-)
+from workspace_proxy.sudo import SudoSessions
+from workspace_proxy.tokens import local_sessions
 from workspace_proxy.tracing import Tracer
 from workspace_proxy.upstream import Backend, Pool
 

@@ -18,16 +18,10 @@ from aiohttp import web
 from workspace_proxy.config import Config, Secret, TeamConfig
 from workspace_proxy.errors import SessionUnavailable
 from workspace_proxy.flight import SingleFlight
+from workspace_proxy.manager import TokenManager
 from workspace_proxy.metrics import Metrics
-from workspace_proxy.tokens import (
-    Clock,
-    PinnedSession,
-    ProviderFactory,
-    Sleep,
-    State,
-    Status,
-    TokenManager,
-)
+from workspace_proxy.session import Clock, PinnedSession, ProviderFactory, Sleep
+from workspace_proxy.status import State, Status
 
 _RECHECK_S: Final = 1.0
 """After the broker's refresh time, a worker asks at most this often until a new session lands."""

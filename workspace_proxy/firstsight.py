@@ -26,7 +26,7 @@ from workspace_proxy.config import Config, Secret, TeamConfig
 from workspace_proxy.errors import Forbidden, Unauthenticated
 from workspace_proxy.flight import SingleFlight
 from workspace_proxy.looker import LookerClient
-from workspace_proxy.tokens import Clock, fingerprint
+from workspace_proxy.session import Clock, fingerprint
 
 log = structlog.get_logger("workspace_proxy.passthrough")
 REVERIFY_S: Final = 30.0

@@ -23,7 +23,7 @@ from typing import Final
 
 from workspace_proxy.decision import Body, Forward, SessionKey
 from workspace_proxy.errors import SessionUnavailable
-from workspace_proxy.tokens import PinnedSession
+from workspace_proxy.session import PinnedSession
 
 REJECTED: Final = 401
 

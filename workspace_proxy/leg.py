@@ -19,7 +19,7 @@ from workspace_proxy.config import Secret
 from workspace_proxy.decision import Body, Forward
 from workspace_proxy.errors import LookerUnavailable
 from workspace_proxy.looker import auth_header
-from workspace_proxy.tokens import PinnedSession
+from workspace_proxy.session import PinnedSession
 from workspace_proxy.upstream import Pool, Upstream
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from workspace_proxy.tokens import State, Status
+from workspace_proxy.status import State, Status
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 

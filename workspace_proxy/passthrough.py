@@ -26,7 +26,8 @@ from workspace_proxy.firstsight import NO_TEAM, Recheck, pin
 from workspace_proxy.looker import LookerClient, LookerToken
 from workspace_proxy.revocations import Revocations
 from workspace_proxy.sealed import SealedSession, Sealer, is_sealed
-from workspace_proxy.tokens import Clock, PinnedSession, Status, fingerprint
+from workspace_proxy.session import Clock, PinnedSession, fingerprint
+from workspace_proxy.status import Status
 
 log = structlog.get_logger("workspace_proxy.passthrough")
 _OPENED_MAX: Final = 10_000

@@ -30,11 +30,11 @@ from workspace_proxy.config import Config, load_config
 from workspace_proxy.errors import ConfigError
 from workspace_proxy.firstsight import Recheck, looker_check
 from workspace_proxy.looker import LookerClient
+from workspace_proxy.manager import TokenManager, close_all
 from workspace_proxy.metrics import Metrics
 from workspace_proxy.preflight import check_looker, reload_hint
 from workspace_proxy.runtime import remove_worker_files
 from workspace_proxy.sharing import Hub
-from workspace_proxy.tokens import TokenManager, close_all
 
 log = structlog.get_logger("workspace_proxy.supervisor")
 _RESTART_DELAY_S = 1.0

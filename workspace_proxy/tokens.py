@@ -6,50 +6,38 @@ branch, checked out and verified that branch), so nothing can ever observe a tok
 and pin. Logins are single-flight per team; refresh happens ahead of expiry in the
 background while in-flight and new requests keep using the old, still valid, pinned session.
 Each attempt is a ``pin`` span (``tracing.child``) when a traced request started it; its Looker
-calls are its children. Knows nothing of web requests.
+calls are its children. Knows nothing of web requests. The types shared with the session's
+users are in ``session``, sudo sessions (built on ``TeamSession``) in ``sudo``, and every
+team's session, by name, in ``manager``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import Final, Protocol
+from collections.abc import Callable
+from typing import Final
 
 import structlog
 
 from workspace_proxy import tracing
-from workspace_proxy.config import Retry, Secret, TeamConfig
+from workspace_proxy.config import Retry, TeamConfig
 from workspace_proxy.errors import SessionUnavailable
 from workspace_proxy.fixes import fix_for, permanent_wait
 from workspace_proxy.flight import SingleFlight
-from workspace_proxy.looker import LookerToken
+from workspace_proxy.session import (
+    Clock,
+    PinnedSession,
+    ProviderFactory,
+    SessionEvents,
+    SessionSource,
+    Sleep,
+    fingerprint,
+)
 from workspace_proxy.status import State, Status
 
-__all__ = ["State", "Status"]  # (re-exported: where a team's session stands)
-
 log = structlog.get_logger("workspace_proxy.tokens")
-Clock = Callable[[], float]
-Sleep = Callable[[float], Awaitable[None]]
-
-
-class SessionSource(Protocol):
-    """What TeamSession needs from Looker (LookerClient satisfies it)."""
-
-    async def login(self, client_id: Secret, client_secret: Secret) -> LookerToken: ...
-    async def pin(self, token: Secret, workspace: str) -> None: ...
-    async def checkout(self, token: Secret, project: str, branch: str) -> None: ...
-    async def logout(self, token: Secret) -> bool: ...
-
-
-class SessionEvents(Protocol):
-    """Observer for metrics; every method must be cheap and never raise."""
-
-    def session_event(self, team: str, event: str, outcome: str) -> None: ...
-    def pin_attempt(self, team: str, outcome: str) -> None: ...
 
 
 class _NoEvents:
@@ -58,25 +46,6 @@ class _NoEvents:
 
     def pin_attempt(self, team: str, outcome: str) -> None:
         return None
-
-
-def fingerprint(token: Secret) -> str:
-    """A short, non-reversible name for a token, safe for logs and metrics."""
-    return hashlib.sha256(token.reveal().encode()).hexdigest()[:12]
-
-
-@dataclass(frozen=True, slots=True)
-class PinnedSession:
-    token: Secret
-    team: str
-    workspace: str
-    generation: int
-    fingerprint: str
-    pinned_at: float
-    refresh_at: float
-    """From here on a background refresh is started."""
-    usable_until: float
-    """After this the session is no longer handed out (a margin before Looker's expiry)."""
 
 
 def deadlines(now: float, expires_in: float) -> tuple[float, float]:
@@ -331,100 +300,6 @@ def _again(
     return type(exc)(exc.reason, retry_after=retry_after, kind=exc.kind, fix=fix or exc.fix)
 
 
-class SudoSource:
-    """Sessions of another Looker user, made with the team's pinned session (sudo).
-
-    ``login`` ignores the credentials TeamSession passes: it calls ``POST /login/{user_id}`` with
-    the parent's token, re-pinning the parent once if Looker rejected it."""
-
-    def __init__(self, parent: SessionProvider, user_id: str, client: SudoClient) -> None:
-        self._parent = parent
-        self._user_id = user_id
-        self._client = client
-
-    async def login(self, client_id: Secret, client_secret: Secret) -> LookerToken:
-        parent = await self._parent.get()
-        try:
-            return await self._client.login_user(parent.token, self._user_id)
-        except SessionUnavailable as exc:
-            if exc.kind != "sudo_401":
-                raise
-        parent = await self._parent.replace(parent)
-        return await self._client.login_user(parent.token, self._user_id)
-
-    async def pin(self, token: Secret, workspace: str) -> None:
-        await self._client.pin(token, workspace)
-
-    async def checkout(self, token: Secret, project: str, branch: str) -> None:
-        await self._client.checkout(token, project, branch)
-
-    async def logout(self, token: Secret) -> bool:
-        return await self._client.logout(token)
-
-
-class SudoClient(SessionSource, Protocol):
-    async def login_user(self, token: Secret, user_id: str) -> LookerToken: ...
-
-
-class SudoSessions:
-    """Pinned sudo sessions per (team session, Looker user), for teams with ``allow_sudo``."""
-
-    def __init__(
-        self,
-        client: SudoClient,
-        retry: Retry,
-        *,
-        clock: Clock = time.monotonic,
-        sleep: Sleep = asyncio.sleep,
-        events: SessionEvents | None = None,
-        max_sessions: int = 1000,
-    ) -> None:
-        self._client = client
-        self._retry = retry
-        self._clock = clock
-        self._sleep = sleep
-        self._events = events
-        self._max = max_sessions
-        self._sessions: dict[tuple[int, str], TeamSession] = {}
-
-    def get(self, parent: SessionProvider, user_id: str) -> TeamSession:
-        key = (id(parent), user_id)
-        session = self._sessions.get(key)
-        if session is None or session.team is not parent.team:
-            if len(self._sessions) >= self._max:
-                self._sessions.pop(next(iter(self._sessions)))
-            source = SudoSource(parent, user_id, self._client)
-            session = TeamSession(
-                parent.team,
-                source,
-                self._retry,
-                clock=self._clock,
-                sleep=self._sleep,
-                events=self._events,
-            )
-            self._sessions[key] = session
-        return session
-
-
-class SessionProvider(Protocol):
-    """One team's pinned session: TeamSession here, or a worker's view of the broker's."""
-
-    @property
-    def team(self) -> TeamConfig: ...
-    @property
-    def current(self) -> PinnedSession | None: ...
-    @property
-    def healthy(self) -> bool: ...
-    def status(self) -> Status: ...
-    def ready(self) -> PinnedSession | None: ...
-    async def get(self) -> PinnedSession: ...
-    async def replace(self, stale: PinnedSession) -> PinnedSession: ...
-    async def close(self, *, wait: bool = False) -> None: ...
-
-
-ProviderFactory = Callable[[TeamConfig], SessionProvider]
-
-
 def local_sessions(
     source: SessionSource,
     retry: Retry,
@@ -435,51 +310,3 @@ def local_sessions(
 ) -> ProviderFactory:
     """Sessions logged in and pinned by this process."""
     return lambda team: TeamSession(team, source, retry, clock=clock, sleep=sleep, events=events)
-
-
-class TokenManager:
-    """All teams' sessions. Teams are looked up by name; unknown names are a programming error."""
-
-    def __init__(
-        self,
-        teams: Mapping[str, TeamConfig],
-        factory: ProviderFactory,
-        *,
-        keep: Mapping[str, SessionProvider] | None = None,
-    ) -> None:
-        """``keep``: sessions of a previous manager to carry over (same team config)."""
-        keep = keep or {}
-        self._sessions = {name: keep.get(name) or factory(team) for name, team in teams.items()}
-
-    def __getitem__(self, team: str) -> SessionProvider:
-        return self._sessions[team]
-
-    def get(self, team: str) -> SessionProvider | None:
-        return self._sessions.get(team)
-
-    def teams(self) -> list[SessionProvider]:
-        return list(self._sessions.values())
-
-    def reconfigured(
-        self, teams: Mapping[str, TeamConfig], factory: ProviderFactory, *, same_looker: bool
-    ) -> tuple[TokenManager, list[SessionProvider]]:
-        """A manager for a new config, and the sessions it no longer uses.
-
-        Teams whose settings (and Looker) are unchanged keep their pinned session; changed teams
-        get a new one, pinned on first use; removed teams' sessions are returned for closing.
-        """
-        keep = {
-            name: old
-            for name, old in self._sessions.items()
-            if same_looker and teams.get(name) == old.team
-        }
-        new = TokenManager(teams, factory, keep=keep)
-        retired = [old for name, old in self._sessions.items() if keep.get(name) is not old]
-        return new, retired
-
-    async def close(self) -> None:
-        await close_all(self._sessions.values())
-
-
-async def close_all(sessions: Iterable[SessionProvider], *, wait: bool = False) -> None:
-    await asyncio.gather(*(s.close(wait=wait) for s in sessions))
