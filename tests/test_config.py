@@ -30,9 +30,9 @@ from workspace_proxy.config import (
     load_config,
     parse_config,
     summary,
-    yaml_fields,
 )
 from workspace_proxy.errors import ConfigError
+from workspace_proxy.fieldspec import yaml_fields
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 CONFIG_FILES = sorted(CONFIG_DIR.glob("*.yaml"))

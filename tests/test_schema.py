@@ -37,9 +37,9 @@ from workspace_proxy.config import (
     TeamConfig,
     load_config,
     parse_config,
-    yaml_fields,
 )
 from workspace_proxy.errors import ConfigError
+from workspace_proxy.fieldspec import yaml_fields
 from workspace_proxy.schema import config_schema
 
 ROOT = Path(__file__).resolve().parent.parent

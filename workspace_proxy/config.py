@@ -4,9 +4,10 @@
 returns a :class:`Config`, or raises one :class:`ConfigError` that lists every problem found as
 ``path.to.key: message``. Secrets are :class:`Secret` objects that never print their value.
 
-Each YAML key is a dataclass field: its docstring describes it, and its :class:`Spec` (in the
-field's metadata) says what it may hold beyond its type. The validation below and
-``workspace_proxy.schema`` (the JSON Schema of this file format) both read them.
+Each YAML key is a dataclass field: its docstring describes it, and its
+:class:`~workspace_proxy.fieldspec.Spec` (in the field's metadata) says what it may hold beyond
+its type. The validation below and ``workspace_proxy.schema`` (the JSON Schema of this file
+format) both read them.
 """
 
 from __future__ import annotations
@@ -27,18 +28,21 @@ from urllib.parse import urlsplit
 import yaml
 
 from workspace_proxy.errors import ConfigError
+from workspace_proxy.fieldspec import (
+    MANAGED,
+    PASSTHROUGH,
+    TEAM_MODES,
+    Spec,
+    key_spec,
+    required_keys,
+    spec_of,
+    yaml_fields,
+    yaml_keys,
+)
 
 WORKSPACES: Final = ("dev", "production")
 API_VERSIONS: Final = ("4.0", "3.1")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
-TEAM_MODES: Final = ("managed", "passthrough")
-"""How a team gets its Looker sessions. ``managed`` (the default): the proxy logs in with the
-team's Looker API credentials, pins one session and forwards its callers' calls under it; callers
-log in to the proxy with the credentials listed in ``callers``. ``passthrough``: callers log in
-with their own Looker API credentials (their client ids listed in ``looker_client_ids``) and the
-proxy pins each of their sessions; it holds no Looker credentials of the team."""
-MANAGED: Final = ("managed",)
-PASSTHROUGH: Final = ("passthrough",)
 TEAM_NAME: Final = "[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
 """A team name: letters, digits, ``_``, ``-`` and ``.``, starting with a letter or digit, at
 most 64 characters."""
@@ -68,45 +72,6 @@ TRACE_SAMPLERS: Final = (
 )
 """The values of OTEL_TRACES_SAMPLER the proxy knows; the ``traceidratio`` ones take their ratio
 from OTEL_TRACES_SAMPLER_ARG, else from ``tracing.sampling_ratio``."""
-SPEC: Final = "workspace_proxy.config.Spec"
-"""The key of a field's :class:`Spec` in its metadata."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Spec:
-    """What a YAML key may hold beyond its Python type. Attached to a dataclass field as
-    ``field(metadata=Spec(...).meta)``; read by the validation below and by
-    ``workspace_proxy.schema``, so that the JSON Schema says what check-config checks."""
-
-    minimum: float | None = None
-    maximum: float | None = None
-    choices: tuple[str, ...] = ()
-    """The value, or each item of a list, is one of these."""
-    pattern: str | None = None
-    """The whole string (or each mapping key, for ``teams``) matches this regular expression."""
-    non_empty: bool = False
-    """A string of at least one character; a list or mapping of at least one item."""
-    non_blank: bool = False
-    """A string (or each string of a list) with at least one character that is not whitespace."""
-    nullable: bool = False
-    """``null`` is accepted and means the default."""
-    plain: bool = False
-    """A secret that may also be written as a plain string."""
-    modes: tuple[str, ...] = TEAM_MODES
-    """For a team's keys: the team modes that use the key (any other mode refuses it)."""
-    required: bool = False
-    """Required (in its ``modes``) although the field has a default; fields without a default
-    are always required."""
-    yaml: bool = True
-    """False for fields the code fills in, which are not YAML keys."""
-
-    @property
-    def meta(self) -> dict[str, Spec]:
-        """The ``metadata`` of a dataclass field with this spec."""
-        return {SPEC: self}
-
-
-_NO_SPEC: Final = Spec()
 DAY_S: Final = 86400.0
 """The longest any duration setting may be (a longer one is a typo, and an event loop refuses
 timers of 1e300 s)."""
@@ -443,41 +408,6 @@ T = TypeVar("T")
 Env = Mapping[str, str]
 
 
-def spec_of(f: dataclasses.Field[Any]) -> Spec:
-    """The :class:`Spec` of a config dataclass field (an empty one if it has none)."""
-    spec = f.metadata.get(SPEC, _NO_SPEC)
-    return spec if isinstance(spec, Spec) else _NO_SPEC
-
-
-def yaml_fields(cls: type[Any], mode: str | None = None) -> tuple[dataclasses.Field[Any], ...]:
-    """The fields of a config dataclass that are YAML keys, in order (for a team, with
-    ``mode``: the keys that mode uses)."""
-    return tuple(
-        f
-        for f in dataclasses.fields(cls)
-        if spec_of(f).yaml and (mode is None or mode in spec_of(f).modes)
-    )
-
-
-def has_default(f: dataclasses.Field[Any]) -> bool:
-    return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-
-
-def required_keys(cls: type[Any], mode: str | None = None) -> frozenset[str]:
-    """The YAML keys of a config dataclass that must be present (for a team: in ``mode``)."""
-    return frozenset(
-        f.name for f in yaml_fields(cls, mode) if spec_of(f).required or not has_default(f)
-    )
-
-
-def _keys(cls: type[Any]) -> frozenset[str]:
-    return frozenset(f.name for f in yaml_fields(cls))
-
-
-def _spec(cls: type[Any], key: str) -> Spec:
-    return spec_of(next(f for f in dataclasses.fields(cls) if f.name == key))
-
-
 class _Problems:
     """Collects every problem of one validation pass."""
 
@@ -562,7 +492,7 @@ def _setting(
 ) -> Any:
     """The number ``key`` of ``raw``, checked against its field's spec; ``owner`` is the
     dataclass instance whose value is the default."""
-    spec = _spec(type(owner), key)
+    spec = key_spec(type(owner), key)
     return _number(
         raw,
         key,
@@ -638,20 +568,24 @@ def _secret(
 
 def _looker(raw: object, problems: _Problems) -> LookerConfig | None:
     path = "looker"
-    data = _mapping(raw, path, _keys(LookerConfig), problems, required=required_keys(LookerConfig))
+    data = _mapping(
+        raw, path, yaml_keys(LookerConfig), problems, required=required_keys(LookerConfig)
+    )
     base_url = data.get("base_url")
     if "base_url" in data:
         base_url = _check_url(base_url, _join(path, "base_url"), problems)
-    known = _spec(LookerConfig, "api_versions").choices
+    known = key_spec(LookerConfig, "api_versions").choices
     versions = data.get("api_versions", list(known))
     if not isinstance(versions, list) or not versions or not all(v in known for v in versions):
         problems.add(_join(path, "api_versions"), f"must be a non-empty list of {known}")
         versions = list(known)
     tpath = _join(path, "timeouts")
-    traw = _mapping(data.get("timeouts"), tpath, _keys(Timeouts), problems)
+    traw = _mapping(data.get("timeouts"), tpath, yaml_keys(Timeouts), problems)
     timeouts = _numbers(Timeouts, traw, tpath, problems)
     rpath = _join(path, "retry")
-    rraw = _mapping(data.get("retry"), rpath, _keys(Retry) | REMOVED_RETRY_KEYS.keys(), problems)
+    rraw = _mapping(
+        data.get("retry"), rpath, yaml_keys(Retry) | REMOVED_RETRY_KEYS.keys(), problems
+    )
     for old in sorted(REMOVED_RETRY_KEYS.keys() & rraw.keys()):
         problems.add(
             _join(rpath, old),
@@ -725,7 +659,7 @@ def _team(name: str, raw: object, env: Env, problems: _Problems) -> TeamConfig |
     path = _join("teams", name)
     if not _TEAM_NAME.fullmatch(name):
         problems.add(path, "team names use letters, digits, '_', '-', '.' (at most 64)")
-    keys = _keys(TeamConfig) | {"mode"}
+    keys = yaml_keys(TeamConfig) | {"mode"}
     mode = raw.get("mode", "managed") if isinstance(raw, dict) else "managed"
     if mode == "passthrough":
         required = required_keys(TeamConfig, "passthrough")
@@ -746,7 +680,7 @@ def _team(name: str, raw: object, env: Env, problems: _Problems) -> TeamConfig |
                     problems.add(_join(path, f.name), "only for mode: passthrough")
     data = _mapping(raw, path, keys, problems, required=required)
     workspace = (
-        _choice(data, "workspace", path, _spec(TeamConfig, "workspace").choices, problems)
+        _choice(data, "workspace", path, key_spec(TeamConfig, "workspace").choices, problems)
         if "workspace" in data
         else None
     )
@@ -822,7 +756,7 @@ def _client_ids(raw: object, path: str, problems: _Problems) -> tuple[str, ...]:
 
 
 def _git_branch(raw: object, path: str, problems: _Problems) -> GitBranch | None:
-    keys = _keys(GitBranch)
+    keys = yaml_keys(GitBranch)
     data = _mapping(raw, path, keys, problems, required=required_keys(GitBranch))
     ok = data.keys() == keys
     for key in sorted(keys & data.keys()):
@@ -845,7 +779,7 @@ def _callers(raw: object, path: str, env: Env, problems: _Problems) -> tuple[Cal
     out: list[Caller] = []
     for i, item in enumerate(raw):
         ipath = _join(path, i)
-        data = _mapping(item, ipath, _keys(Caller), problems, required=required_keys(Caller))
+        data = _mapping(item, ipath, yaml_keys(Caller), problems, required=required_keys(Caller))
         cid = data.get("client_id")
         if "client_id" in data and (not isinstance(cid, str) or not cid.strip()):
             problems.add(_join(ipath, "client_id"), "must be a non-empty string")
@@ -915,7 +849,7 @@ def parse_config(raw: object, *, env: Env | None = None, source: str = "<memory>
     """Validate a parsed YAML document; raise one ConfigError listing every problem."""
     env = os.environ if env is None else env
     problems = _Problems()
-    data = _mapping(raw, "", _keys(Config), problems, required=required_keys(Config))
+    data = _mapping(raw, "", yaml_keys(Config), problems, required=required_keys(Config))
     looker = _looker(data["looker"], problems) if "looker" in data else None
     key = None
     if "token_signing_key" in data:
@@ -925,14 +859,14 @@ def parse_config(raw: object, *, env: Env | None = None, source: str = "<memory>
             key = None
     listen = _listen(data.get("listen"), "listen", Listen(), problems)
     admin = _listen(data.get("admin"), "admin", Listen(port=9090), problems)
-    sraw = _mapping(data.get("shutdown"), "shutdown", _keys(Shutdown), problems)
+    sraw = _mapping(data.get("shutdown"), "shutdown", yaml_keys(Shutdown), problems)
     shutdown = _numbers(Shutdown, sraw, "shutdown", problems)
-    limraw = _mapping(data.get("limits"), "limits", _keys(Limits), problems)
+    limraw = _mapping(data.get("limits"), "limits", yaml_keys(Limits), problems)
     limits = _numbers(Limits, limraw, "limits", problems)
     ttl = _setting(data, _CONFIG_DEFAULTS, "caller_token_ttl_s", "", problems)
     log_level = _CONFIG_DEFAULTS.log_level
     if "log_level" in data:
-        levels = _spec(Config, "log_level").choices
+        levels = key_spec(Config, "log_level").choices
         log_level = _choice(data, "log_level", "", levels, problems) or log_level
     teams: dict[str, TeamConfig] = {}
     if "teams" in data:
@@ -968,7 +902,7 @@ _CONFIG_DEFAULTS: Final = Config(looker=_LOOKER_DEFAULTS, teams={}, token_signin
 
 
 def _listen(raw: object, path: str, default: Listen, problems: _Problems) -> Listen:
-    data = _mapping(raw, path, _keys(Listen), problems)
+    data = _mapping(raw, path, yaml_keys(Listen), problems)
     host = data.get("host", default.host)
     if not isinstance(host, str) or not host:
         problems.add(_join(path, "host"), "must be a host name or address")
@@ -978,7 +912,7 @@ def _listen(raw: object, path: str, default: Listen, problems: _Problems) -> Lis
 
 
 def _tls(raw: object, path: str, problems: _Problems) -> Tls | None:
-    keys = _keys(Tls)
+    keys = yaml_keys(Tls)
     data = _mapping(raw, path, keys, problems, required=required_keys(Tls))
     files = {k: data.get(k) for k in sorted(keys)}
     for key, value in files.items():
@@ -1019,7 +953,7 @@ def _tracing(raw: object, env: Env, problems: _Problems) -> Tracing | None:
     """The ``tracing`` block, then the standard OTEL_* variables that turn tracing on or off and
     override its keys (an empty variable counts as unset, as OpenTelemetry's SDKs read them)."""
     path, default = "tracing", Tracing()
-    data = {} if raw is None else _mapping(raw, path, _keys(Tracing), problems)
+    data = {} if raw is None else _mapping(raw, path, yaml_keys(Tracing), problems)
     endpoint = default.endpoint
     if "endpoint" in data:
         endpoint = _otlp_url(data["endpoint"], _join(path, "endpoint"), problems) or endpoint
