@@ -1,8 +1,9 @@
 """Configuration: frozen dataclasses built by one validation pass over the YAML.
 
-``load_config(path)`` reads the file, resolves secrets (``{env: NAME}`` or ``{file: PATH}``) and
-returns a :class:`Config`, or raises one :class:`ConfigError` that lists every problem found as
-``path.to.key: message``. Secrets are :class:`Secret` objects that never print their value.
+``parse_config(document)`` resolves secrets (``{env: NAME}`` or ``{file: PATH}``) and returns a
+:class:`Config`, or raises one :class:`ConfigError` that lists every problem found as
+``path.to.key: message`` (``workspace_proxy.loading`` reads the file). Secrets are
+:class:`Secret` objects that never print their value.
 
 Each YAML key is a dataclass field: its docstring describes it, and its
 :class:`~workspace_proxy.fieldspec.Spec` (in the field's metadata) says what it may hold beyond
@@ -24,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
-
-import yaml
 
 from workspace_proxy.errors import ConfigError
 from workspace_proxy.fieldspec import (
@@ -930,25 +929,6 @@ def _tls(raw: object, path: str, problems: _Problems) -> Tls | None:
     return tls
 
 
-class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key written twice in one mapping: YAML would keep the
-    last silently (a second ``analytics:`` block replacing the first team whole)."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[object] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, str | int | float | bool) or key is None:
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(
-                        None, None, f"duplicate key {key!r}", key_node.start_mark
-                    )
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
 def _tracing(raw: object, env: Env, problems: _Problems) -> Tracing | None:
     """The ``tracing`` block, then the standard OTEL_* variables that turn tracing on or off and
     override its keys (an empty variable counts as unset, as OpenTelemetry's SDKs read them)."""
@@ -1022,48 +1002,3 @@ def _otlp_url(value: object, path: str, problems: _Problems) -> str | None:
         problems.add(path, f"has an invalid port: {value!r}")
         return None
     return str(value)
-
-
-def load_config(path: str | os.PathLike[str], *, env: Env | None = None) -> Config:
-    """Read and validate a YAML config file; every problem is reported in one ConfigError."""
-    source = os.fspath(path)
-    try:
-        text = Path(source).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            [f"{source}: cannot read config file: {exc.__class__.__name__}"]
-        ) from None
-    try:
-        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "syntax error"
-        raise ConfigError([f"{source}: invalid YAML{where}: {problem}"]) from None
-    try:
-        return parse_config(raw, env=env, source=source)
-    except ConfigError as exc:
-        raise ConfigError([f"{source}: {p}" for p in exc.problems]) from None
-
-
-def summary(config: Config) -> str:
-    """A human summary of a valid config: teams, workspaces and callers (no secrets)."""
-    lines = [
-        f"config {config.source}: OK",
-        f"  looker: {config.looker.base_url} (API {', '.join(config.looker.api_versions)})",
-        f"  listen: {config.listen.host}:{config.listen.port}",
-    ]
-    for team in config.teams.values():
-        branch = f" (branch {team.git_branch.name})" if team.git_branch else ""
-        if team.passthrough:
-            who = "passthrough for Looker client ids " + ", ".join(team.looker_client_ids)
-        else:
-            who = "callers: " + ", ".join(c.client_id for c in team.callers)
-        lines.append(f"  team {team.name}: workspace {team.workspace}{branch}; {who}")
-    if config.tracing is not None:
-        t = config.tracing
-        lines.append(
-            f"  tracing: OTLP/HTTP to {t.traces_url}, sampler {t.sampler} "
-            f"(ratio {t.sampling_ratio:g}), service {t.service_name}"
-        )
-    return "\n".join(lines)
