@@ -15,8 +15,9 @@ from typing import Any
 
 import yaml
 
-from workspace_proxy.config import Config, Env, parse_config
+from workspace_proxy.config import Config
 from workspace_proxy.errors import ConfigError
+from workspace_proxy.validation import Env, parse_config
 
 
 class _Loader(yaml.SafeLoader):
