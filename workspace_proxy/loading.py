@@ -17,7 +17,8 @@ import yaml
 
 from workspace_proxy.config import Config
 from workspace_proxy.errors import ConfigError
-from workspace_proxy.validation import Env, parse_config
+from workspace_proxy.validation import parse_config
+from workspace_proxy.valuechecks import Env
 
 
 class _Loader(yaml.SafeLoader):
