@@ -21,7 +21,8 @@ import tracemalloc
 from collections.abc import Sequence
 
 from workspace_proxy.auth import CallerAuth, Principal
-from workspace_proxy.config import Config, parse_config
+from workspace_proxy.config import Config
+from workspace_proxy.validation import parse_config
 
 _KEY = "benchmark-signing-key-0123456789abcdef-0123"
 _TTL = 3600

@@ -11,8 +11,8 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 from spy import SpyLooker
 
 from workspace_proxy.app import create_app
-from workspace_proxy.config import parse_config
 from workspace_proxy.emulator import LookerEmulator
+from workspace_proxy.validation import parse_config
 
 # --- emulator fixtures ---
 MakeLooker = Callable[..., Awaitable[LookerEmulator]]

@@ -22,10 +22,11 @@ from aiohttp.test_utils import BaseTestServer, TestClient
 from yarl import URL
 
 from workspace_proxy.app import Proxy as ProxyApp
-from workspace_proxy.config import Config, parse_config
+from workspace_proxy.config import Config
 from workspace_proxy.emulator import AuditEntry, LookerEmulator
 from workspace_proxy.http1 import KEEPALIVE_S
 from workspace_proxy.server import Server
+from workspace_proxy.validation import parse_config
 
 # team -> (workspace, emulator user id, Looker client id, Looker client secret)
 TEAMS: dict[str, tuple[str, str]] = {

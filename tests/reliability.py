@@ -38,9 +38,9 @@ from pytest_aiohttp import AiohttpClient
 from yarl import URL
 
 from workspace_proxy.app import create_app
-from workspace_proxy.config import parse_config
 from workspace_proxy.emulator import AuditEntry
 from workspace_proxy.session import Clock
+from workspace_proxy.validation import parse_config
 
 TABLE: Final = Path(__file__).resolve().parent.parent / "docs" / "reliability.md"
 MODULES: Final = (

@@ -39,10 +39,10 @@ from reliability import (
 from spy import SpyLooker
 
 from workspace_proxy.app import create_app
-from workspace_proxy.config import parse_config
 from workspace_proxy.emulator import DEFAULT_USERS, LookerEmulator
 from workspace_proxy.errors import BadRequest
 from workspace_proxy.routes import Action, classify, parse_target, upstream_target
+from workspace_proxy.validation import parse_config
 
 pytestmark = pytest.mark.timeout(60)
 MakeProxy = Callable[..., Awaitable[Proxy]]

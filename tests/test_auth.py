@@ -18,9 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workspace_proxy.auth import PREFIX, CallerAuth, IssuedToken, Principal, bearer_value
-from workspace_proxy.config import Config, parse_config
+from workspace_proxy.config import Config
 from workspace_proxy.emulator import LookerEmulator
 from workspace_proxy.errors import NotFound, Unauthenticated
+from workspace_proxy.validation import parse_config
 
 MakeProxy = Callable[..., Awaitable[Proxy]]
 

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from harness import ENV, Proxy, assert_every_call_pinned, raw_config
 
-from workspace_proxy.config import parse_config
 from workspace_proxy.emulator import DEFAULT_USERS, LookerEmulator
 from workspace_proxy.errors import ConfigError
+from workspace_proxy.validation import parse_config
 
 pytestmark = pytest.mark.timeout(30)
 MakeProxy = Callable[..., Awaitable[Proxy]]

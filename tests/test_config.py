@@ -27,12 +27,11 @@ from workspace_proxy.config import (
     TeamConfig,
     Timeouts,
     Tracing,
-    load_config,
-    parse_config,
-    summary,
-    yaml_fields,
 )
 from workspace_proxy.errors import ConfigError
+from workspace_proxy.fieldspec import yaml_fields
+from workspace_proxy.loading import load_config, summary
+from workspace_proxy.validation import parse_config
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 CONFIG_FILES = sorted(CONFIG_DIR.glob("*.yaml"))

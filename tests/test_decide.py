@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from workspace_proxy import headers as rules
 from workspace_proxy.auth import CallerAuth
-from workspace_proxy.config import Config, Secret, parse_config
+from workspace_proxy.config import Config, Secret
 from workspace_proxy.decide import SMALL_BODY, decide, decide_patch, decide_pinned
 from workspace_proxy.decision import (
     Act,
@@ -37,6 +37,7 @@ from workspace_proxy.errors import Forbidden, Invalid, ProxyError, Unauthenticat
 from workspace_proxy.passthrough import Pinned
 from workspace_proxy.sealed import SealedSession
 from workspace_proxy.session import PinnedSession
+from workspace_proxy.validation import parse_config
 
 LOOKER_URL: Final = "http://looker.test:19999"
 LOOKER_HOST: Final = b"looker.test:19999"

@@ -21,8 +21,10 @@ from typing import Any, TypeGuard
 import pytest
 import yaml
 
-from workspace_proxy.config import Config, load_config, parse_config
+from workspace_proxy.config import Config
 from workspace_proxy.errors import ConfigError
+from workspace_proxy.loading import load_config
+from workspace_proxy.validation import parse_config
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workspace_proxy.config import parse_config
 from workspace_proxy.metrics import Metrics
+from workspace_proxy.validation import parse_config
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

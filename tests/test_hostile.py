@@ -37,8 +37,8 @@ from spy import SpyLooker
 
 from workspace_proxy.app import create_app
 from workspace_proxy.auth import CallerAuth
-from workspace_proxy.config import parse_config
 from workspace_proxy.emulator import AuditEntry, LookerEmulator
+from workspace_proxy.validation import parse_config
 
 pytestmark = pytest.mark.timeout(60)
 MakeProxy = Callable[..., Awaitable[Proxy]]

@@ -43,9 +43,9 @@ from reliability import (
 
 from workspace_proxy.app import create_app
 from workspace_proxy.auth import CallerAuth
-from workspace_proxy.config import parse_config
 from workspace_proxy.emulator import LookerEmulator
 from workspace_proxy.errors import ConfigError
+from workspace_proxy.validation import parse_config
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -35,8 +35,9 @@ from harness import FakeClock, ProxyProcess, raw_config, raw_http
 from prometheus_client.parser import text_string_to_metric_families
 from test_readme import readme_blocks
 
-from workspace_proxy.config import load_config, parse_config
 from workspace_proxy.emulator import DEFAULT_USERS, LookerEmulator
+from workspace_proxy.loading import load_config
+from workspace_proxy.validation import parse_config
 
 pytestmark = pytest.mark.timeout(90)
 ROOT: Final = Path(__file__).resolve().parent.parent

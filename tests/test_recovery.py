@@ -29,8 +29,8 @@ from pytest_aiohttp import AiohttpClient, AiohttpServer
 
 from workspace_proxy.app import Proxy as ProxyApp
 from workspace_proxy.app import create_app
-from workspace_proxy.config import parse_config
 from workspace_proxy.emulator import LookerEmulator
+from workspace_proxy.validation import parse_config
 
 pytestmark = pytest.mark.timeout(120)
 USER: Final = "/api/4.0/user"

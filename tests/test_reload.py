@@ -13,8 +13,8 @@ import yaml
 from harness import ENV, Proxy, ProxyProcess, assert_every_call_pinned, raw_config
 
 from workspace_proxy.app import reload
-from workspace_proxy.config import parse_config
 from workspace_proxy.emulator import LookerEmulator
+from workspace_proxy.validation import parse_config
 
 pytestmark = pytest.mark.timeout(60)
 MakeProxy = Callable[..., Awaitable[Proxy]]

@@ -8,9 +8,9 @@ from collections.abc import Awaitable, Callable
 from harness import ENV, FakeClock, Proxy, raw_config
 
 from workspace_proxy.app import reload
-from workspace_proxy.config import parse_config
 from workspace_proxy.emulator import LookerEmulator
 from workspace_proxy.revocations import Revocations
+from workspace_proxy.validation import parse_config
 
 MakeProxy = Callable[..., Awaitable[Proxy]]
 T0 = 1_800_000_000.0

@@ -31,16 +31,12 @@ from hypothesis import HealthCheck, Phase, event, find, given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from workspace_proxy.config import (
-    Config,
-    LookerConfig,
-    TeamConfig,
-    load_config,
-    parse_config,
-    yaml_fields,
-)
+from workspace_proxy.config import Config, LookerConfig, TeamConfig
 from workspace_proxy.errors import ConfigError
+from workspace_proxy.fieldspec import yaml_fields
+from workspace_proxy.loading import load_config
 from workspace_proxy.schema import config_schema
+from workspace_proxy.validation import parse_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = ROOT / "config"

@@ -14,12 +14,13 @@ import structlog
 from harness import ENV, SIGNING_KEY, FakeClock, Proxy, raw_config
 
 from workspace_proxy.app import reload
-from workspace_proxy.config import Secret, parse_config
+from workspace_proxy.config import Secret
 from workspace_proxy.emulator import LookerEmulator
 from workspace_proxy.errors import Unauthenticated
 from workspace_proxy.firstsight import REVERIFY_S
 from workspace_proxy.log import MASK, redact_secrets
 from workspace_proxy.sealed import SealedSession, Sealer
+from workspace_proxy.validation import parse_config
 
 pytestmark = pytest.mark.timeout(30)
 MakeProxy = Callable[..., Awaitable[Proxy]]

@@ -10,9 +10,9 @@ import looker_sdk
 import pytest
 from harness import ENV, Proxy, raw_config
 
-from workspace_proxy.config import parse_config
 from workspace_proxy.emulator import LookerEmulator
 from workspace_proxy.errors import ConfigError
+from workspace_proxy.validation import parse_config
 
 pytestmark = pytest.mark.timeout(30)
 MakeProxy = Callable[..., Awaitable[Proxy]]

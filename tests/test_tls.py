@@ -21,9 +21,9 @@ from harness import (
 )
 from pytest_aiohttp import AiohttpServer
 
-from workspace_proxy.config import parse_config
 from workspace_proxy.emulator import LookerEmulator
 from workspace_proxy.errors import ConfigError
+from workspace_proxy.validation import parse_config
 
 pytestmark = pytest.mark.timeout(60)
 MakeProxy = Callable[..., Awaitable[Proxy]]

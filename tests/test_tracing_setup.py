@@ -35,9 +35,11 @@ from otlp import (
 from pytest_aiohttp import AiohttpServer
 from spy import SpyLooker
 
-from workspace_proxy.config import Tracing, parse_config, summary
+from workspace_proxy.config import Tracing
 from workspace_proxy.emulator import LookerEmulator
 from workspace_proxy.errors import ConfigError
+from workspace_proxy.loading import summary
+from workspace_proxy.validation import parse_config
 
 pytestmark = pytest.mark.timeout(60)
 MakeProxy = Callable[..., Awaitable[Proxy]]

@@ -22,8 +22,9 @@ import structlog
 from aiohttp import web
 
 from workspace_proxy import __version__
-from workspace_proxy.config import LOG_LEVELS, Config, load_config, summary
+from workspace_proxy.config import LOG_LEVELS, Config
 from workspace_proxy.errors import ConfigError
+from workspace_proxy.loading import load_config, summary
 from workspace_proxy.preflight import (
     check_looker,
     listen_problem,

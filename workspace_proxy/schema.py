@@ -1,7 +1,7 @@
 """The JSON Schema (draft 2020-12) of the configuration file, generated from ``config``.
 
 Keys, types, defaults, bounds, choices, patterns, required keys and team modes come from the
-config dataclasses and each field's :class:`~workspace_proxy.config.Spec`, which the validation
+config dataclasses and each field's :class:`~workspace_proxy.fieldspec.Spec`, which the validation
 reads too; descriptions are the fields' docstrings. ``workspace-proxy schema`` prints it;
 ``config/schema.json`` is its output, committed for editors.
 
@@ -22,18 +22,20 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any, Final
 
-from workspace_proxy import config
+from workspace_proxy import config, fieldspec
 from workspace_proxy.config import (
     REMOVED_RETRY_KEYS,
     SECRET_SOURCES,
     SET,
     TEAM_CONFLICTS,
-    TEAM_MODES,
     Config,
     Retry,
     Secret,
-    Spec,
     TeamConfig,
+)
+from workspace_proxy.fieldspec import (
+    TEAM_MODES,
+    Spec,
     has_default,
     required_keys,
     spec_of,
@@ -259,7 +261,8 @@ def _json(value: object) -> Any:
 
 @cache
 def _docstrings() -> dict[str, str]:
-    """The docstrings of ``config``: ``Class``, ``Class.field`` and module-level ``NAME``."""
+    """The docstrings of ``fieldspec`` and ``config``: ``Class``, ``Class.field`` and
+    module-level ``NAME``."""
     docs: dict[str, str] = {}
 
     def scan(body: list[ast.stmt], prefix: str) -> None:
@@ -278,7 +281,8 @@ def _docstrings() -> dict[str, str]:
                 docs[node.name] = _flat(ast.get_docstring(node) or "")
                 scan(node.body, f"{node.name}.")
 
-    scan(ast.parse(inspect.getsource(config)).body, "")
+    for module in (fieldspec, config):
+        scan(ast.parse(inspect.getsource(module)).body, "")
     return docs
 
 

@@ -26,9 +26,10 @@ from prometheus_client import multiprocess
 from workspace_proxy.app import create_admin_app, local_providers, team_rows, upstream_session
 from workspace_proxy.broker import create_broker_app
 from workspace_proxy.callerpins import CallerPins
-from workspace_proxy.config import Config, load_config
+from workspace_proxy.config import Config
 from workspace_proxy.errors import ConfigError
 from workspace_proxy.firstsight import Recheck, looker_check
+from workspace_proxy.loading import load_config
 from workspace_proxy.looker import LookerClient
 from workspace_proxy.manager import TokenManager, close_all
 from workspace_proxy.metrics import Metrics
