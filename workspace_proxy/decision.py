@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 from urllib.parse import urlsplit
 
 from workspace_proxy.auth import Principal
@@ -66,6 +66,13 @@ class Body(enum.Enum):
     """Small, of known length: read whole before sending, so the call can be replayed once."""
     STREAM = "stream"
     """Larger or chunked: streamed to Looker as it arrives; not replayable."""
+
+
+# The members as module names too: on Python 3.11 every ``Class.MEMBER`` is a fresh
+# attribute lookup (3.12 caches it), and the transport checks the plan on every call.
+BODY_NONE: Final = Body.NONE
+BODY_BUFFER: Final = Body.BUFFER
+BODY_STREAM: Final = Body.STREAM
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,10 +30,11 @@ from workspace_proxy.errors import (
     outcome_of,
 )
 from workspace_proxy.flow import Flow, Replace, Send, Session, Slot, forward_flow
-from workspace_proxy.http1 import QUEUE_BYTES, Ans, Connection, Request
+from workspace_proxy.http1 import QUEUE_BYTES, Connection, Request
 from workspace_proxy.leg import Leg
 from workspace_proxy.local import act, form_of, login
 from workspace_proxy.outcome import Outcome
+from workspace_proxy.reader import ANS_WAITING
 from workspace_proxy.tracing import within
 
 if TYPE_CHECKING:
@@ -67,6 +68,10 @@ class Step(enum.Enum):
     DONE = "done"
 
 
+# The members as module names too (Python 3.11 looks ``Step.SENT`` up anew at each use).
+DECIDING, READING, LOCAL, SESSION, CONNECTING, SENT, STREAMING, DONE = Step
+
+
 class Exchange:
     """See the module docstring."""
 
@@ -85,7 +90,7 @@ class Exchange:
         self.peer = peer
         self.loop = loop
         self.outcome = Outcome(req.rid, req.head.method.decode("latin-1"), req.started)
-        self.step = Step.DECIDING
+        self.step = DECIDING
         self.forward: Forward | None = None
         self.flow: Flow | None = None
         self.local: Local | None = None
@@ -137,7 +142,7 @@ class Exchange:
         if known is not None:
             resolved(known)
             return
-        self.step = Step.DECIDING
+        self.step = DECIDING
         self.run(passthrough.resolve(resolve.token), resolved)
 
     # --- local answers ------------------------------------------------------------------------
@@ -146,17 +151,17 @@ class Exchange:
         self.outcome.route = local.route
         self.outcome.team = local.team or self.outcome.team
         if local.reads_body:
-            self.step = Step.READING
+            self.step = READING
             self.conn.interim_continue(self.req)  # the decision is made: the body may come
             if self.req.complete:
                 self._body_read()
             return
-        self.step = Step.LOCAL
+        self.step = LOCAL
         self.run(act(self.view, local), self._local_done)
 
     def _body_read(self) -> None:
         if self.leg is not None:  # a replayable forward waited for its body
-            self.step = Step.CONNECTING
+            self.step = CONNECTING
             self.leg.go(self.leg.session)
             return
         local = self.local
@@ -172,7 +177,7 @@ class Exchange:
         except ProxyError as exc:
             self._fail(exc)
             return
-        self.step = Step.LOCAL
+        self.step = LOCAL
 
         def logged_in(result: tuple[tuple[int, bytes | None], str | None]) -> None:
             self.outcome.team = result[1]
@@ -209,7 +214,7 @@ class Exchange:
             need = self.flow.send(value)
         except StopIteration:
             assert self.leg is not None
-            self.step = Step.STREAMING
+            self.step = STREAMING
             self.outcome.status = self.leg.status
             self.leg.pass_head()
             return
@@ -228,14 +233,14 @@ class Exchange:
             if session is not None:
                 self._advance(session)
             else:
-                self.step = Step.SESSION
+                self.step = SESSION
                 self.run(provider.get(), self._advance)
         elif isinstance(need, Send):
             self._send(need)
         else:
             assert isinstance(need, Replace)
             self._drop_leg()  # the rejected answer is discarded with its connection
-            self.step = Step.SESSION
+            self.step = SESSION
             self.run(self.view.provider(need.key).replace(need.stale), self._advance)
 
     def _take_slot(self, name: str) -> None:
@@ -264,15 +269,15 @@ class Exchange:
         self.leg = Leg(self, forward, self.app.pool)
         self.leg.session = session
         if forward.body is Body.BUFFER and not self.req.complete:
-            self.step = Step.READING  # a replayable body is read whole first
+            self.step = READING  # a replayable body is read whole first
             self.conn.interim_continue(self.req)
             return
-        self.step = Step.CONNECTING
+        self.step = CONNECTING
         self.leg.go(session)
 
     def sent(self) -> None:
         """The request is on its way to Looker (called by the leg)."""
-        self.step = Step.SENT
+        self.step = SENT
 
     # --- the caller's body --------------------------------------------------------------------
     def body_data(self, chunk: bytes) -> None:
@@ -283,7 +288,7 @@ class Exchange:
             if self.outcome.bytes_in > limit:
                 self._fail(too_large(limit))
                 return
-            streaming = self.leg is not None and self.step in (Step.SENT, Step.STREAMING)
+            streaming = self.leg is not None and self.step in (SENT, STREAMING)
             if streaming and self.leg is not None and self.leg.body(chunk):
                 return
         self.body.append(chunk)
@@ -301,18 +306,18 @@ class Exchange:
             self.conn.unhold()
 
     def body_complete(self) -> None:
-        if self.leg is not None and self.step in (Step.SENT, Step.STREAMING):
+        if self.leg is not None and self.step in (SENT, STREAMING):
             self.leg.body_end()
-        if self.step is Step.READING:
+        if self.step is READING:
             self._body_read()
 
     # --- what the leg reports -----------------------------------------------------------------
     def looker_answered(self, status: int) -> None:
-        if self.step is Step.SENT:
+        if self.step is SENT:
             self._advance(status)
 
     def looker_done(self) -> None:
-        if self.step is Step.STREAMING:
+        if self.step is STREAMING:
             self._end(b"")
 
     def looker_failed(self, error: ProxyError) -> None:
@@ -352,7 +357,7 @@ class Exchange:
         def landed(done: asyncio.Task[T]) -> None:
             if self.task is done:
                 self.task = None
-            if done.cancelled() or self.step is Step.DONE:
+            if done.cancelled() or self.step is DONE:
                 return
             error = done.exception()
             if error is None:
@@ -373,10 +378,10 @@ class Exchange:
 
     def lost(self, error: ProxyError | None) -> None:
         """The caller left (or stalled: ``error`` is its answer)."""
-        if self.step is Step.DONE:
+        if self.step is DONE:
             return
         self._stop_work()
-        if error is not None and self.req.ans is Ans.WAITING:
+        if error is not None and self.req.ans is ANS_WAITING:
             self._fail(error)
             return
         self.outcome.kind = self.outcome.kind or "caller_gone"
@@ -397,11 +402,11 @@ class Exchange:
             self.leg.drop()
 
     def _fail(self, error: ProxyError) -> None:
-        if self.step is Step.DONE:
+        if self.step is DONE:
             return
         self._stop_work()
         self.outcome.kind = outcome_of(error)
-        if self.req.ans is not Ans.WAITING:
+        if self.req.ans is not ANS_WAITING:
             self._cut(self.outcome.kind)
             return
         self.outcome.status = error.status
@@ -424,7 +429,7 @@ class Exchange:
     def _finish(self) -> None:
         """Free what the exchange holds (its slot first, for the next request's sake); the
         outcome is written once the answer is out (``answered``)."""
-        self.step = Step.DONE
+        self.step = DONE
         self.unhold()
         leg, self.leg = self.leg, None  # (the leg refers back: no cycle left for the collector)
         if leg is not None:

@@ -28,7 +28,16 @@ from typing import Final, Protocol
 from workspace_proxy.config import Limits
 from workspace_proxy.errors import BadRequest, ProxyError, answer
 from workspace_proxy.outcome import request_id
-from workspace_proxy.reader import Ans, Reader, Req, Request
+from workspace_proxy.reader import (
+    ANS_DONE,
+    ANS_STREAMING,
+    ANS_WAITING,
+    REQ_BODY,
+    Ans,
+    Reader,
+    Req,
+    Request,
+)
 
 __all__ = ["Ans", "Conn", "Connection", "Exchanges", "Req", "Request", "Wire"]
 QUEUE_BYTES: Final = 256 * 1024
@@ -47,6 +56,14 @@ class Conn(enum.Enum):
     CLOSING = "closing"
     LINGERING = "lingering"
     CLOSED = "closed"
+
+
+# The members as module names too: on Python 3.11 every ``Class.MEMBER`` is a fresh
+# attribute lookup (3.12 caches it), and the transport checks states many times per call.
+OPEN: Final = Conn.OPEN
+CLOSING: Final = Conn.CLOSING
+LINGERING: Final = Conn.LINGERING
+CLOSED: Final = Conn.CLOSED
 
 
 class Wire(Protocol):
@@ -104,7 +121,7 @@ class Connection:
     ) -> None:
         self.wire = wire
         self.exchanges = exchanges
-        self.state = Conn.OPEN
+        self.state = OPEN
         self.keepalive_s = keepalive_s
         self.body_idle_s = limits.body_idle_timeout_s
         self.body_total_s = limits.body_timeout_s
@@ -125,7 +142,7 @@ class Connection:
 
     # --- input ----------------------------------------------------------------------------------
     def receive(self, data: bytes, now: float) -> None:
-        if self.state is not Conn.OPEN:
+        if self.state is not OPEN:
             return  # lingering: the rest of a body we already answered is discarded
         self._now = now
         try:
@@ -139,8 +156,8 @@ class Connection:
             self._stop_reading()
 
     def _stop_reading(self) -> None:
-        if self.state is Conn.OPEN:
-            self.state = Conn.CLOSING
+        if self.state is OPEN:
+            self.state = CLOSING
         self.paused = True
         self.wire.pause_reading()
         if not self.queue:
@@ -178,7 +195,7 @@ class Connection:
     # --- output -------------------------------------------------------------------------------
     def interim_continue(self, req: Request) -> None:
         """``100 Continue`` for the request being answered, if it asked and still sends."""
-        if req.expect and req.state is Req.BODY and req.ans is Ans.WAITING and self._live(req):
+        if req.expect and req.state is REQ_BODY and req.ans is ANS_WAITING and self._live(req):
             req.expect = False
             self.wire.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
@@ -194,9 +211,9 @@ class Connection:
     ) -> None:
         """Start the answer of ``req`` (the oldest): status line, ``lines`` (header lines, each
         ending in CRLF), X-Request-Id and the framing; the body follows."""
-        assert req.ans is Ans.WAITING
+        assert req.ans is ANS_WAITING
         assert self.queue[0] is req
-        req.ans = Ans.STREAMING
+        req.ans = ANS_STREAMING
         req.status = status
         bodyless = req.head.method == b"HEAD" or status in (204, 304)
         req.bodyless = bodyless
@@ -204,12 +221,7 @@ class Connection:
         # request is not all read, or when it stops taking requests and this is its last answer
         # (a refusal still due after it is written with its own Connection: close).
         last = len(self.queue) == 1 and self.refusal is None
-        close = (
-            close
-            or not req.keep_alive
-            or not req.complete
-            or (self.state is not Conn.OPEN and last)
-        )
+        close = close or not req.keep_alive or not req.complete or (self.state is not OPEN and last)
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _phrase(status)), *lines]
         out.append(b"X-Request-Id: %s\r\n" % req.rid.encode())
         if length is not None:
@@ -254,20 +266,20 @@ class Connection:
     def cut(self, req: Request) -> None:
         """The answer's head is out and its body cannot be finished: cutting the connection is
         the only honest signal left (a truncated body never passes for a whole one)."""
-        req.ans = Ans.DONE
-        self.state = Conn.CLOSED
+        req.ans = ANS_DONE
+        self.state = CLOSED
         self.wire.abort()
 
     def _live(self, req: Request) -> bool:
-        return self.state is not Conn.CLOSED and bool(self.queue) and self.queue[0] is req
+        return self.state is not CLOSED and bool(self.queue) and self.queue[0] is req
 
     def _done(self, req: Request) -> None:
-        req.ans = Ans.DONE
+        req.ans = ANS_DONE
         self.exchanges.answered(req)
         if not self.queue or self.queue[0] is not req:
             return
         self.queue.popleft()
-        if self.state is Conn.CLOSED:
+        if self.state is CLOSED:
             return
         if not req.keep_alive:
             self.queue.clear()
@@ -276,11 +288,11 @@ class Connection:
         if self.refusal is not None and not self.queue:
             self._write_refusal()
             return
-        if self.state is Conn.CLOSING and not self.queue:
+        if self.state is CLOSING and not self.queue:
             self._close()
             return
         self.idle_since = self._now
-        if self.paused and self.state is Conn.OPEN:
+        if self.paused and self.state is OPEN:
             self.paused = False
             if not self.holds:
                 self.wire.resume_reading()
@@ -292,7 +304,7 @@ class Connection:
         """Answer bytes that could not be parsed (or were refused), then close. Complete
         requests before them are answered first, in order; the one they belong to is not."""
         self.refusal = error
-        self.state = Conn.CLOSING
+        self.state = CLOSING
         self.paused = True
         self.wire.pause_reading()
         self.reader.parsing = None
@@ -300,7 +312,7 @@ class Connection:
         if current is not None and not current.complete:
             # The refused bytes are part of the request being answered.
             self.queue = deque([current])
-            self.exchanges.lost(current, error if current.ans is Ans.WAITING else None)
+            self.exchanges.lost(current, error if current.ans is ANS_WAITING else None)
             return
         self.queue = deque(r for r in self.queue if r.complete)
         if not self.queue:
@@ -308,7 +320,7 @@ class Connection:
 
     def _write_refusal(self) -> None:
         error, self.refusal = self.refusal, None
-        if error is None or self.state is Conn.CLOSED:
+        if error is None or self.state is CLOSED:
             return
         status, extra, body = answer(error)
         rid = request_id(None)
@@ -321,15 +333,15 @@ class Connection:
         self._close()
 
     def _close(self, *, unread: bool = False) -> None:
-        if self.state is Conn.CLOSED:
+        if self.state is CLOSED:
             return
         if unread and self.wire.half_close():
-            self.state = Conn.LINGERING
+            self.state = LINGERING
             self.linger_until = self._now + LINGER_S
             self.paused = False
             self.wire.resume_reading()
             return
-        self.state = Conn.CLOSED
+        self.state = CLOSED
         self.wire.close()
 
     # --- time and flow control ----------------------------------------------------------------
@@ -337,25 +349,25 @@ class Connection:
         """Timeouts, about once a second: linger end, a caller that stopped reading, a body that
         stalls or trickles past its deadline, an idle connection or an unfinished head."""
         self._now = now
-        if self.state is Conn.LINGERING:
+        if self.state is LINGERING:
             if now >= self.linger_until:
-                self.state = Conn.CLOSED
+                self.state = CLOSED
                 self.wire.close()
             return
-        if self.state is Conn.CLOSED:
+        if self.state is CLOSED:
             return
         current = self.queue[0] if self.queue else None
         if self.full_since and now - self.full_since >= self.keepalive_s:
             # The caller stopped reading its answer: free what it holds.
-            self.state = Conn.CLOSED
+            self.state = CLOSED
             self.wire.abort()
             if current is not None:
                 self.exchanges.lost(current, None)
             return
         if current is not None:
             if (
-                current.state is Req.BODY
-                and current.ans is Ans.WAITING
+                current.state is REQ_BODY
+                and current.ans is ANS_WAITING
                 and (
                     now - current.body_seen >= self.body_idle_s
                     or now - current.head_seen >= self.body_total_s
@@ -369,7 +381,7 @@ class Connection:
                 self.exchanges.lost(current, error)
             return
         if now - self.idle_since >= self.keepalive_s:
-            self.state = Conn.CLOSED
+            self.state = CLOSED
             self.wire.close()  # idle, or never finished its request's head
 
     def hold(self) -> None:
@@ -380,7 +392,7 @@ class Connection:
 
     def unhold(self) -> None:
         self.holds = max(0, self.holds - 1)
-        if not self.holds and not self.paused and self.state in (Conn.OPEN, Conn.LINGERING):
+        if not self.holds and not self.paused and self.state in (OPEN, LINGERING):
             self.wire.resume_reading()
 
     def writing_paused(self, now: float) -> None:
@@ -391,17 +403,17 @@ class Connection:
 
     def lost(self) -> None:
         """The caller's connection is gone."""
-        self.state = Conn.CLOSED
+        self.state = CLOSED
         self.reader.close()
         current = self.queue[0] if self.queue else None
         self.queue.clear()
-        if current is not None and current.ans is not Ans.DONE:
+        if current is not None and current.ans is not ANS_DONE:
             self.exchanges.lost(current, None)
 
     def draining(self) -> bool:
         """Stop taking requests (shutdown): True when the connection can close right away."""
-        if self.state is Conn.OPEN:
-            self.state = Conn.CLOSING
+        if self.state is OPEN:
+            self.state = CLOSING
         if not self.queue:
             self._close()
             return True

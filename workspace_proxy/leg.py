@@ -16,7 +16,7 @@ import structlog
 
 from workspace_proxy import headers
 from workspace_proxy.config import Secret
-from workspace_proxy.decision import Body, Forward
+from workspace_proxy.decision import BODY_NONE, BODY_STREAM, Forward
 from workspace_proxy.errors import LookerUnavailable
 from workspace_proxy.looker import auth_header
 from workspace_proxy.session import PinnedSession
@@ -110,10 +110,10 @@ class Leg:
         data = (
             [forward.head, auth, self.traced, _CRLF] if self.traced else [forward.head, auth, _CRLF]
         )
-        if forward.body is not Body.NONE:
+        if forward.body is not BODY_NONE:
             data += self._framed(exchange.body)
             self.body_sent = exchange.buffered
-            if forward.body is Body.STREAM:
+            if forward.body is BODY_STREAM:
                 exchange.body = []
                 if self.req.complete and forward.chunked:
                     data.append(_LAST_CHUNK)
@@ -122,7 +122,7 @@ class Leg:
             conn.flush()
         if self.conn.full_since:  # the caller is not reading what it was sent yet
             self.pause_upstream()
-        if forward.body is Body.STREAM and not self.req.complete:
+        if forward.body is BODY_STREAM and not self.req.complete:
             self.conn.interim_continue(self.req)
             exchange.unhold()
 

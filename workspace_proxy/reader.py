@@ -35,6 +35,16 @@ class Ans(enum.Enum):
     DONE = "done"
 
 
+# The members as module names too: on Python 3.11 every ``Class.MEMBER`` is a fresh
+# attribute lookup (3.12 caches it), and the transport checks states many times per call.
+REQ_HEAD: Final = Req.HEAD
+REQ_BODY: Final = Req.BODY
+REQ_COMPLETE: Final = Req.COMPLETE
+ANS_WAITING: Final = Ans.WAITING
+ANS_STREAMING: Final = Ans.STREAMING
+ANS_DONE: Final = Ans.DONE
+
+
 class Sink(Protocol):
     def headed(self, req: Request) -> None: ...
     def body(self, req: Request, chunk: bytes) -> None: ...
@@ -67,8 +77,8 @@ class Request:
     )
 
     def __init__(self) -> None:
-        self.state = Req.HEAD
-        self.ans = Ans.WAITING
+        self.state = REQ_HEAD
+        self.ans = ANS_WAITING
         self.head = Head(b"", b"", "1.1", [])
         self.rid = ""
         self.hosts = 0
@@ -93,7 +103,7 @@ class Request:
 
     @property
     def complete(self) -> bool:
-        return self.state is Req.COMPLETE
+        return self.state is REQ_COMPLETE
 
 
 class _Ignored:
@@ -144,7 +154,7 @@ class Reader:
         """A head still unfinished after more bytes than any head may have is refused: httptools
         keeps an unfinished header line whole in memory, however long it grows."""
         req = self.parsing
-        if req is not None and req.state is Req.HEAD:
+        if req is not None and req.state is REQ_HEAD:
             req.head_fed += fed
             if req.head_fed > self.max_head:
                 raise BadRequest("Request header fields too large.", status=431, close=True)
@@ -182,7 +192,7 @@ class Reader:
     def on_header(self, name: bytes, value: bytes) -> None:
         req = self.parsing
         assert req is not None
-        if req.state is not Req.HEAD:
+        if req.state is not REQ_HEAD:
             return  # a chunked trailer: never a header, never forwarded
         if len(name) + len(value) + 2 > self.max_field:
             raise BadRequest("Request header field too long.", status=431, close=True)
@@ -225,7 +235,7 @@ class Reader:
         req.keep_alive = p.should_keep_alive() and head.version == "1.1"
         req.started = time.perf_counter()
         req.head_seen = req.body_seen = self._now
-        req.state = Req.BODY
+        req.state = REQ_BODY
         req.rid = request_id(req.rid)
         if head.version not in ("1.0", "1.1"):
             raise _unsupported(head.version)
@@ -246,7 +256,7 @@ class Reader:
     def on_message_complete(self) -> None:
         req = self.parsing
         assert req is not None
-        req.state = Req.COMPLETE
+        req.state = REQ_COMPLETE
         self.parsing = None
         self.sink.completed(req)
 
