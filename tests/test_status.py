@@ -12,6 +12,7 @@ from typing import Any, Final
 
 import aiohttp
 import pytest
+import trustme
 import yaml
 from conftest import MakeProxy
 from harness import FakeClock, Proxy, ProxyProcess, free_port, raw_config
@@ -228,6 +229,43 @@ async def test_status_command_prints_the_table_of_a_running_proxy(
     assert rows["analytics"][:6] == ["analytics", "managed", "dev", "dev", "-", "1"]
     assert rows["analytics"][-1] == "ok"
     assert " ".join(rows["finance"]).endswith("- idle (never needed yet)")
+
+
+async def test_status_command_verifies_an_https_admin_listener_with_cafile(
+    looker: LookerEmulator, tmp_path: Path
+) -> None:
+    """An admin listener with a certificate from a private CA: without --cafile the command
+    says the certificate does not verify and names --cafile (exit 1); with it, the table; an
+    unreadable --cafile is a usage error (exit 2). The proxy's own secrets are never needed."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "admin.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "admin.key"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    config = raw_config(looker.base_url)
+    tls = {"cert_file": str(tmp_path / "admin.pem"), "key_file": str(tmp_path / "admin.key")}
+    config["admin"] = {"host": "127.0.0.1", "tls": tls}
+    proc = await ProxyProcess.start(config, tmp_path)
+    url = f"https://127.0.0.1:{proc.admin_port}"
+    try:
+        untrusted = await asyncio.to_thread(_status, "--admin", url)
+        trusted = await asyncio.to_thread(
+            _status, "--admin", url, "--cafile", str(tmp_path / "ca.pem")
+        )
+        missing = await asyncio.to_thread(
+            _status, "--admin", url, "--cafile", str(tmp_path / "nowhere.pem")
+        )
+    finally:
+        await proc.kill()
+    assert untrusted.returncode == 1
+    [line] = untrusted.stderr.splitlines()
+    assert "certificate does not verify" in line
+    assert "--cafile names the CA that signed it" in line
+    assert trusted.returncode == 0, trusted.stderr
+    assert trusted.stdout.startswith(f"workspace-proxy at {url}: ")
+    assert "analytics" in trusted.stdout
+    assert missing.returncode == 2
+    assert missing.stderr.startswith(f"status: cannot read --cafile {tmp_path / 'nowhere.pem'}")
 
 
 def _ageless(table: str) -> list[list[str]]:

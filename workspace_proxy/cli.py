@@ -109,6 +109,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("-c", "--config", help="read the admin listener's address from this file")
     status.add_argument("--admin", help="the admin listener's URL (default: http://127.0.0.1:9090)")
+    status.add_argument(
+        "--cafile",
+        help="PEM file of the CA that signed an https admin listener's certificate"
+        " (default: the system's CAs)",
+    )
 
     emu = sub.add_parser(
         "emulator",
@@ -211,7 +216,10 @@ def _status(args: argparse.Namespace) -> int:
         print(f"status: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        body = fetch(f"{url}/readyz")
+        body = fetch(f"{url}/readyz", ca_file=args.cafile)
+    except ValueError as exc:
+        print(f"status: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except Unreachable as exc:
         print(
             f"status: no answer from the admin listener at {url} ({exc}): is the proxy "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import json
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -135,15 +136,25 @@ def admin_url(given: str | None, config_path: str | None) -> str:
     return f"{scheme}://{shown}:{port}"
 
 
-def fetch(url: str, *, timeout_s: float = 5.0) -> dict[str, Any]:
-    """GET ``url`` (``/readyz``) and its JSON body, whatever its status (503 too)."""
+def fetch(url: str, *, timeout_s: float = 5.0, ca_file: str | None = None) -> dict[str, Any]:
+    """GET ``url`` (``/readyz``) and its JSON body, whatever its status (503 too). An https
+    listener's certificate is verified against ``ca_file`` when given, else the system's CAs.
+    ValueError when ``ca_file`` cannot be read as PEM certificates."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - http(s) only
+        context = ssl.create_default_context(cafile=ca_file) if ca_file else None
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot read --cafile {ca_file}: {exc.strerror or exc}") from None
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as resp:  # noqa: S310
             raw = resp.read()
     except urllib.error.HTTPError as exc:
         raw = exc.read()
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            hint = "" if ca_file else "; --cafile names the CA that signed it"
+            message = f"its certificate does not verify: {reason.verify_message}{hint}"
+            raise Unreachable(message) from None
         raise Unreachable(f"{reason}") from None
     try:
         body = json.loads(raw)
