@@ -69,7 +69,14 @@ class Step(enum.Enum):
 
 
 # The members as module names too (Python 3.11 looks ``Step.SENT`` up anew at each use).
-DECIDING, READING, LOCAL, SESSION, CONNECTING, SENT, STREAMING, DONE = Step
+DECIDING: Final = Step.DECIDING
+READING: Final = Step.READING
+LOCAL: Final = Step.LOCAL
+SESSION: Final = Step.SESSION
+CONNECTING: Final = Step.CONNECTING
+SENT: Final = Step.SENT
+STREAMING: Final = Step.STREAMING
+DONE: Final = Step.DONE
 
 
 class Exchange:
