@@ -112,7 +112,6 @@ class RemoteTeamSession:
         now = self._clock()
         usable = s is not None and now < s.usable_until
         state = State.OK if usable else State.BACKING_OFF if self._failed else State.IDLE
-        branch = self._team.git_branch
         return Status(
             state=state,
             workspace=self._team.workspace,
@@ -121,7 +120,7 @@ class RemoteTeamSession:
             next_attempt_in_s=None,
             last_error=None,
             attempts=0,
-            branch=f"{branch.project}/{branch.name}" if branch else None,
+            branch=self._team.branch_label,
             verified=s.workspace if s is not None and usable else None,
         )
 

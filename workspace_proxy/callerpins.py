@@ -115,7 +115,6 @@ class CallerPins:
         else:
             state = State.OK if record.pinned else State.IDLE
         due = [until for until, _, _ in record.held.values() if until > now]
-        branch = team.git_branch
         return error is None, Status(
             state=state,
             workspace=team.workspace,
@@ -125,7 +124,7 @@ class CallerPins:
             last_error=error.reason if error is not None else None,
             attempts=record.attempts,
             mode=PASSTHROUGH,
-            branch=f"{branch.project}/{branch.name}" if branch else None,
+            branch=team.branch_label,
             verified=team.workspace if record.pinned and error is None else None,
             fix=error.fix if error is not None else None,
         )

@@ -324,6 +324,13 @@ class TeamConfig:
     def passthrough(self) -> bool:
         return bool(self.looker_client_ids)
 
+    @property
+    def branch_label(self) -> str | None:
+        """The pinned branch as ``project/name`` (``/readyz`` shows it; sealed passthrough
+        tokens keep it), None when the team pins none."""
+        branch = self.git_branch
+        return f"{branch.project}/{branch.name}" if branch else None
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Config:

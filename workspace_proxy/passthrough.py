@@ -43,10 +43,6 @@ class Pinned:
     sealed: SealedSession | None = None
 
 
-def _branch(team: TeamConfig) -> str | None:
-    return f"{team.git_branch.project}/{team.git_branch.name}" if team.git_branch else None
-
-
 class Passthrough:
     """Logins, sudo, logouts and the pinned sessions of passthrough callers."""
 
@@ -175,7 +171,7 @@ class Passthrough:
             or team is None
             or not team.passthrough
             or team.workspace != sealed.workspace
-            or _branch(team) != sealed.branch
+            or team.branch_label != sealed.branch
             or (sealed.sudo is not None and not team.allow_sudo)
         ):
             # Logged out, or the team is gone, managed now, or pinned elsewhere since.
@@ -201,7 +197,7 @@ class Passthrough:
             expires_at=int(started) + ttl,
             token_id=secrets.token_urlsafe(12),
             workspace=team.workspace,
-            branch=_branch(team),
+            branch=team.branch_label,
             sudo=sudo,
         )
         return IssuedToken(self._sealer.seal(sealed), ttl)

@@ -131,7 +131,6 @@ class TeamSession:
             state = State.FAILING if error.permanent else State.BACKING_OFF
         else:
             state = State.IDLE
-        branch = self.team.git_branch
         return Status(
             state=state,
             workspace=self.team.workspace,
@@ -140,7 +139,7 @@ class TeamSession:
             next_attempt_in_s=max(0.0, self._next_attempt - now) if error else None,
             last_error=error.reason if error is not None else None,
             attempts=self._attempts,
-            branch=f"{branch.project}/{branch.name}" if branch else None,
+            branch=self.team.branch_label,
             verified=s.workspace if s is not None and usable else None,
             fix=error.fix if error is not None else None,
         )
