@@ -58,6 +58,12 @@ def _failure_kind(status: int) -> str:
     return "looker_error"
 
 
+def _token_kind(prefix: str) -> Callable[[int], str]:
+    """``kind`` of a call made with a session's token: 401 means Looker does not accept the
+    token (Unauthenticated), any other status is ``{prefix}_{status}``."""
+    return lambda status: "unauthenticated" if status == 401 else f"{prefix}_{status}"
+
+
 class LookerClient:
     """Talks to one Looker instance for session management (not for forwarding)."""
 
@@ -203,7 +209,7 @@ class LookerClient:
             "/user",
             what="GET /user",
             error=PinFailed,
-            kind=lambda status: "unauthenticated" if status == 401 else f"identify_{status}",
+            kind=_token_kind("identify"),
             token=token,
             params={"fields": "id,credentials_api3"},
         )
@@ -226,7 +232,7 @@ class LookerClient:
             "/session",
             what="GET /session",
             error=PinFailed,
-            kind=lambda status: "unauthenticated" if status == 401 else f"verify_{status}",
+            kind=_token_kind("verify"),
             token=token,
         )
         workspace = session.get("workspace_id")
@@ -238,7 +244,7 @@ class LookerClient:
                 what=f"GET /projects/{project}/git_branch",
                 span="GET git_branch",
                 error=PinFailed,
-                kind=lambda status: "unauthenticated" if status == 401 else f"branch_{status}",
+                kind=_token_kind("branch"),
                 token=token,
             )
             branch = answer.get("name") if isinstance(answer.get("name"), str) else None
